@@ -1,0 +1,1 @@
+"""fnlearn: pure-function models, Optax optimizers and a compiled fit loop for JAX."""
