@@ -1,0 +1,113 @@
+"""Losses and metrics as pure functions of ``(labels, predictions)``.
+
+Each returns one value per example (Keras's convention), so a caller chooses
+the reduction: ``fit`` takes a masked mean, which makes a short last batch
+count each of its examples once.
+
+JAX indexes out of range without complaint, so labels are checked on the host
+whenever they are concrete (``check_sparse_labels``); ``fit`` checks the whole
+dataset once before compiling anything.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+# Keras's backend.epsilon(): how far probabilities are clipped from 0 and 1.
+KERAS_EPSILON = 1e-7
+
+
+def _is_concrete(x) -> bool:
+    return not isinstance(x, jax.core.Tracer)
+
+
+def check_sparse_labels(labels, predictions_shape: tuple[int, ...], num_classes: int) -> None:
+    """Raises ``ValueError`` unless ``labels`` are integers in ``[0, num_classes)`` matching shape.
+
+    Args:
+      labels: integer class ids, shape ``predictions_shape[:-1]`` (or with a trailing 1).
+      predictions_shape: shape of the model output, classes on the last axis.
+      num_classes: number of classes.
+    """
+    dtype = np.asarray(labels).dtype if _is_concrete(labels) else labels.dtype
+    if not jnp.issubdtype(dtype, jnp.integer):
+        raise ValueError(
+            f"sparse_categorical_crossentropy needs integer class labels, got dtype {dtype}; "
+            "cast with labels.astype(int) if they are whole numbers, or use one-hot targets "
+            "with a categorical loss")
+    shape = tuple(labels.shape)
+    if shape != tuple(predictions_shape[:-1]) and shape != (*predictions_shape[:-1], 1):
+        raise ValueError(
+            f"labels shape {shape} does not match predictions shape {tuple(predictions_shape)}: "
+            f"expected {tuple(predictions_shape[:-1])}")
+    if _is_concrete(labels) and np.size(labels):
+        values = np.asarray(labels)
+        low, high = int(values.min()), int(values.max())
+        if low < 0 or high >= num_classes:
+            bad = int(np.flatnonzero((values < 0) | (values >= num_classes))[0])
+            raise ValueError(
+                f"labels must be in [0, {num_classes}) for {num_classes} classes; "
+                f"found {values.reshape(-1)[bad]} at index {bad} (range of labels: {low}..{high})")
+
+
+def sparse_categorical_crossentropy(labels, predictions, *, from_logits: bool = False):
+    """Cross-entropy between integer labels and a distribution over the last axis.
+
+    Args:
+      labels: integer class ids, shape ``predictions.shape[:-1]``.
+      predictions: logits (``from_logits=True``) or probabilities.
+      from_logits: with logits the loss is ``-log_softmax(logits)[label]``, stable for
+        any magnitude. With probabilities it follows Keras: clip to
+        ``[1e-7, 1 - 1e-7]``, take the log, renormalize (``log_softmax``).
+
+    Returns:
+      One loss per example, shape ``predictions.shape[:-1]``.
+    """
+    check_sparse_labels(labels, predictions.shape, predictions.shape[-1])
+    labels = labels.reshape(predictions.shape[:-1])
+    if from_logits:
+        log_probs = jax.nn.log_softmax(predictions, axis=-1)
+    else:
+        clipped = jnp.clip(predictions, KERAS_EPSILON, 1.0 - KERAS_EPSILON)
+        log_probs = jax.nn.log_softmax(jnp.log(clipped), axis=-1)
+    picked = jnp.take_along_axis(log_probs, labels[..., None].astype(jnp.int32), axis=-1)
+    return -picked[..., 0]
+
+
+def mean_squared_error(targets, predictions):
+    """Squared error averaged over the last axis: one value per example (Keras ``mse``).
+
+    Averaged over examples, this is PyTorch's ``nn.MSELoss()``.
+    """
+    if tuple(targets.shape) != tuple(predictions.shape):
+        raise ValueError(
+            f"mean_squared_error: targets shape {tuple(targets.shape)} != predictions shape "
+            f"{tuple(predictions.shape)}; broadcasting here would silently compute a wrong loss")
+    return jnp.mean(jnp.square(predictions - targets), axis=-1)
+
+
+def accuracy(labels, predictions):
+    """1.0 where ``argmax(predictions)`` equals the integer label, else 0.0, per example."""
+    labels = labels.reshape(predictions.shape[:-1])
+    return (jnp.argmax(predictions, axis=-1) == labels).astype(jnp.float32)
+
+
+METRICS: dict[str, Callable] = {
+    "accuracy": accuracy,
+    "sparse_categorical_accuracy": accuracy,
+    "mse": mean_squared_error,
+    "mean_squared_error": mean_squared_error,
+}
+
+
+def get_metric(metric: str | Callable) -> tuple[str, Callable]:
+    """Resolves a metric given by name (Keras style) or as a function to ``(name, fn)``."""
+    if callable(metric):
+        return getattr(metric, "__name__", "metric"), metric
+    if metric not in METRICS:
+        raise ValueError(f"unknown metric {metric!r}; known: {sorted(METRICS)} or pass a function")
+    return metric, METRICS[metric]
