@@ -1,0 +1,477 @@
+"""MNIST and Fashion-MNIST as NumPy arrays, from IDX files, tensorflow-datasets or a shipped sample.
+
+    (x_train, y_train), (x_test, y_test) = load_mnist()
+
+Images are uint8 arrays of shape (N, 28, 28) (float32 in [0, 1] with ``normalize=True``),
+labels int32 arrays of shape (N,) with values 0..9. Every source goes through the same checks,
+and anything wrong raises `DataError` naming the file or folder; nothing half-loaded is returned.
+See docs/data.md for how ``source="auto"`` chooses.
+"""
+
+import gzip
+import hashlib
+import importlib.util
+import os
+import socket
+import sys
+import threading
+import zlib
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+DATA_DIR_ENV = "FNLEARN_DATA_DIR"
+SOURCES = ("auto", "idx", "tfds", "sample")
+
+IMAGE_MAGIC = 2051  # IDX: unsigned bytes, 3 dimensions (count, rows, cols)
+LABEL_MAGIC = 2049  # IDX: unsigned bytes, 1 dimension (count)
+NUM_CLASSES = 10
+IMAGE_SHAPE = (28, 28)
+
+# The four standard IDX file names; MNIST and Fashion-MNIST use the same ones.
+FILE_NAMES = {
+    "train_images": "train-images-idx3-ubyte",
+    "train_labels": "train-labels-idx1-ubyte",
+    "test_images": "t10k-images-idx3-ubyte",
+    "test_labels": "t10k-labels-idx1-ubyte",
+}
+
+# sha256 of the uncompressed official MNIST files. Hashing after decompression makes the check
+# independent of how a mirror gzipped them.
+MNIST_SHA256 = {
+    "train-images-idx3-ubyte": "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
+    "train-labels-idx1-ubyte": "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
+    "t10k-images-idx3-ubyte": "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+    "t10k-labels-idx1-ubyte": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
+}
+
+ASSETS_DIR = Path(__file__).parent / "assets"
+# The shipped sample is four gzipped IDX files named "<prefix><standard name>.gz" in ASSETS_DIR.
+MNIST_SAMPLE_PREFIX = "mnist-sample-"
+
+
+class DataError(ValueError):
+    """A data file or source is missing, corrupt, or not what was asked for."""
+
+
+class Split(NamedTuple):
+    """One split: images (N, 28, 28) and labels (N,)."""
+
+    images: np.ndarray
+    labels: np.ndarray
+
+
+class Dataset(tuple):
+    """``(train, test)`` splits that also record which source they came from.
+
+    It is a plain 2-tuple, so ``(x_train, y_train), (x_test, y_test) = load_mnist()`` works as with
+    Keras; ``.train``, ``.test`` and ``.source`` ("idx", "tfds" or "sample") name the parts. (A
+    three-field NamedTuple would not unpack into two.)
+    """
+
+    source: str
+
+    def __new__(cls, train: Split, test: Split, source: str) -> "Dataset":
+        self = super().__new__(cls, (train, test))
+        self.source = source
+        return self
+
+    def __getnewargs__(self) -> tuple[Split, Split, str]:
+        return (self[0], self[1], self.source)
+
+    @property
+    def train(self) -> Split:
+        return self[0]
+
+    @property
+    def test(self) -> Split:
+        return self[1]
+
+    def __repr__(self) -> str:
+        def describe(split: Split) -> str:
+            return f"{split.images.dtype}{list(split.images.shape)}"
+
+        return (
+            f"Dataset(train={describe(self[0])}, test={describe(self[1])}, source={self.source!r})"
+        )
+
+
+class _Spec(NamedTuple):
+    """What differs between the datasets this module knows."""
+
+    title: str
+    tfds_name: str
+    download_host: tuple[str, int]  # where tfds fetches the raw files; probed before downloading
+    sha256: dict[str, str]  # of the uncompressed official files; empty when not known
+    sample_prefix: str | None  # of the shipped sample's files; None when none is shipped
+
+
+_MNIST = _Spec("MNIST", "mnist", ("storage.googleapis.com", 443), MNIST_SHA256, MNIST_SAMPLE_PREFIX)
+_FASHION_MNIST = _Spec(
+    "Fashion-MNIST",
+    "fashion_mnist",
+    ("fashion-mnist.s3-website.eu-central-1.amazonaws.com", 80),
+    {},
+    None,
+)
+
+
+def load_mnist(
+    source: str = "auto",
+    data_dir: str | os.PathLike | None = None,
+    normalize: bool = False,
+    *,
+    verify: bool = True,
+) -> Dataset:
+    """Load MNIST as ``((x_train, y_train), (x_test, y_test))`` NumPy arrays.
+
+    Args:
+      source: "idx" (a folder of the four IDX files), "tfds" (tensorflow-datasets), "sample" (the
+        6000/1000-image sample shipped with fnlearn) or "auto": IDX if a folder is given, else tfds
+        if it has the data cached or can download it, else the sample with a one-line notice on
+        stderr.
+      data_dir: for "idx" and "auto", the IDX folder (default: $FNLEARN_DATA_DIR); for "tfds", the
+        tfds data dir (default: tfds' own, ~/tensorflow_datasets or $TFDS_DATA_DIR).
+      normalize: return float32 images ``(images / 255.0).astype(np.float32)`` instead of uint8.
+      verify: for IDX files, also check the sha256 of each file against the official MNIST files.
+
+    Returns:
+      A `Dataset`: train and test `Split`s of uint8 (N, 28, 28) images (float32 if normalize)
+      and int32 (N,) labels, with ``.source`` naming the source used.
+
+    Raises:
+      DataError: a file is missing or corrupt, or no source has the data.
+    """
+    return _load(_MNIST, source, data_dir, normalize, verify)
+
+
+def load_fashion_mnist(
+    source: str = "auto",
+    data_dir: str | os.PathLike | None = None,
+    normalize: bool = False,
+    *,
+    verify: bool = True,
+) -> Dataset:
+    """Load Fashion-MNIST as ``((x_train, y_train), (x_test, y_test))`` NumPy arrays.
+
+    Same as `load_mnist`, except that no sample is shipped (so "auto" raises `DataError` when
+    neither an IDX folder nor tfds has the data) and IDX files get the structural checks only:
+    fnlearn records no hashes for Fashion-MNIST.
+
+    Args:
+      source: "idx", "tfds" or "auto" (see `load_mnist`).
+      data_dir: the IDX folder (default: $FNLEARN_DATA_DIR) or, for "tfds", the tfds data dir.
+      normalize: return float32 images ``(images / 255.0).astype(np.float32)`` instead of uint8.
+      verify: unused for Fashion-MNIST (kept so both loaders take the same arguments).
+
+    Returns:
+      A `Dataset`, as for `load_mnist`.
+
+    Raises:
+      DataError: a file is missing or corrupt, or no source has the data.
+    """
+    return _load(_FASHION_MNIST, source, data_dir, normalize, verify)
+
+
+def read_idx(path: str | os.PathLike) -> np.ndarray:
+    """Read one unsigned-byte IDX file, raw or gzipped, checking its header against its length.
+
+    Args:
+      path: the file; a name ending in ".gz" is decompressed.
+
+    Returns:
+      A uint8 array with the dimensions from the header (e.g. (N, 28, 28) for images).
+
+    Raises:
+      DataError: the file is missing, is not valid gzip, has a bad magic number, or its length
+        does not match its header.
+    """
+    data = _read_bytes(Path(path))
+    return _parse_idx(data, Path(path))
+
+
+def _load(
+    spec: _Spec,
+    source: str,
+    data_dir: str | os.PathLike | None,
+    normalize: bool,
+    verify: bool,
+) -> Dataset:
+    if source not in SOURCES:
+        raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
+    if source == "sample" and data_dir is not None:
+        raise ValueError("data_dir has no meaning for source='sample'")
+    if source == "auto":
+        dataset = _load_auto(spec, data_dir, verify)
+    elif source == "idx":
+        dataset = Dataset(*_load_idx_folder(spec, _idx_folder(data_dir), verify), "idx")
+    elif source == "tfds":
+        dataset = Dataset(*_load_tfds(spec, data_dir, download=True), "tfds")
+    else:
+        dataset = Dataset(*_load_sample(spec), "sample")
+    if not normalize:
+        return dataset
+    # Divide in float64 and round once to float32, as the original program does; multiplying by
+    # 1/255 gives different bits for about half of the 256 pixel values.
+    train, test = (Split((s.images / 255.0).astype(np.float32), s.labels) for s in dataset)
+    return Dataset(train, test, dataset.source)
+
+
+def _load_auto(spec: _Spec, data_dir: str | os.PathLike | None, verify: bool) -> Dataset:
+    folder = data_dir if data_dir is not None else os.environ.get(DATA_DIR_ENV)
+    if folder:
+        # A folder the user named is never silently replaced by another source.
+        return Dataset(*_load_idx_folder(spec, Path(folder), verify), "idx")
+    if _tfds_has_cached(spec):
+        return Dataset(*_load_tfds(spec, None, download=False), "tfds")
+    why_not = _why_tfds_cannot_download(spec)
+    if why_not is None:
+        try:
+            return Dataset(*_load_tfds(spec, None, download=True), "tfds")
+        except DataError as error:
+            why_not = str(error)
+    hint = (
+        f"set {DATA_DIR_ENV} to a folder of the four IDX files, or install tensorflow "
+        "and let tensorflow-datasets download it"
+    )
+    if spec.sample_prefix is None:
+        raise DataError(f"no {spec.title} data found ({why_not}); {hint}")
+    train, test = _load_sample(spec)
+    notice = (
+        f"fnlearn: using the {spec.title} sample shipped with fnlearn ({len(train.labels)} train, "
+        f"{len(test.labels)} test images), not the full dataset ({why_not}); for the full data, "
+        f"{hint}"
+    )
+    print(" ".join(notice.split()), file=sys.stderr)
+    return Dataset(train, test, "sample")
+
+
+def _idx_folder(data_dir: str | os.PathLike | None) -> Path:
+    folder = data_dir if data_dir is not None else os.environ.get(DATA_DIR_ENV)
+    if not folder:
+        raise DataError(f"source='idx' needs data_dir= or the {DATA_DIR_ENV} environment variable")
+    return Path(folder)
+
+
+def _load_idx_folder(
+    spec: _Spec, folder: Path, verify: bool, prefix: str = ""
+) -> tuple[Split, Split]:
+    if not folder.is_dir():
+        raise DataError(f"{folder}: not a folder (expected the four {spec.title} IDX files)")
+    paths = {key: _find_idx_file(folder, prefix + name) for key, name in FILE_NAMES.items()}
+    arrays = {}
+    for key, path in paths.items():
+        data = _read_bytes(path)
+        name = FILE_NAMES[key]
+        expected = spec.sha256.get(name) if verify and not prefix else None
+        if expected is not None and hashlib.sha256(data).hexdigest() != expected:
+            raise DataError(
+                f"{path}: sha256 of the uncompressed data is not the official {spec.title} "
+                f"{name}'s ({expected}); the file is corrupt or another dataset. Pass "
+                "verify=False to load it anyway"
+            )
+        arrays[key] = _parse_idx(data, path, IMAGE_MAGIC if "images" in key else LABEL_MAGIC)
+    return tuple(
+        _checked_split(
+            arrays[f"{split}_images"],
+            arrays[f"{split}_labels"],
+            split,
+            paths[f"{split}_images"],
+            paths[f"{split}_labels"],
+        )
+        for split in ("train", "test")
+    )
+
+
+def _find_idx_file(folder: Path, name: str) -> Path:
+    # The raw file wins over its .gz when both are there: it is the cheaper one to read.
+    for candidate in (folder / name, folder / f"{name}.gz"):
+        if candidate.is_file():
+            return candidate
+    raise DataError(f"{folder / name}: missing (looked for {name} and {name}.gz in {folder})")
+
+
+def _read_bytes(path: Path) -> bytes:
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError as error:
+        raise DataError(f"{path}: missing") from error
+    except OSError as error:
+        raise DataError(f"{path}: cannot be read ({error})") from error
+    if path.suffix != ".gz":
+        return raw
+    try:
+        return gzip.decompress(raw)
+    except (OSError, EOFError, zlib.error) as error:
+        raise DataError(f"{path}: not a valid gzip file ({error})") from error
+
+
+def _parse_idx(data: bytes, path: Path, expected_magic: int | None = None) -> np.ndarray:
+    # Header: two zero bytes, a type code (0x08 = unsigned byte), the number of dimensions, then
+    # one big-endian uint32 per dimension. The magic numbers 2051 and 2049 are 0x0803 and 0x0801.
+    if len(data) < 4:
+        raise DataError(f"{path}: {len(data)} bytes, too short for an IDX header")
+    magic = int.from_bytes(data[:4], "big")
+    ndim = data[3]
+    if data[:3] != b"\x00\x00\x08" or ndim == 0:
+        raise DataError(
+            f"{path}: magic number {magic}, expected an unsigned-byte IDX file "
+            f"({IMAGE_MAGIC} for images, {LABEL_MAGIC} for labels)"
+        )
+    if expected_magic is not None and magic != expected_magic:
+        kind = "images" if expected_magic == IMAGE_MAGIC else "labels"
+        raise DataError(f"{path}: magic number {magic}, expected {expected_magic} for {kind}")
+    header_size = 4 + 4 * ndim
+    if len(data) < header_size:
+        raise DataError(f"{path}: {len(data)} bytes, too short for a {ndim}-dimension IDX header")
+    shape = tuple(int(d) for d in np.frombuffer(data, ">u4", count=ndim, offset=4))
+    expected_size = header_size + int(np.prod(shape))
+    if len(data) != expected_size:
+        what = "truncated" if len(data) < expected_size else "has trailing bytes"
+        raise DataError(
+            f"{path}: {what}: {len(data)} bytes, but a header of shape {shape} means "
+            f"{expected_size}"
+        )
+    return np.frombuffer(data, np.uint8, offset=header_size).reshape(shape)
+
+
+def _checked_split(
+    images: np.ndarray, labels: np.ndarray, name: str, images_from: object, labels_from: object
+) -> Split:
+    """Check one split's shapes, dtypes and label range, and return it as uint8 and int32.
+
+    Args:
+      images: uint8 (N, 28, 28) or (N, 28, 28, 1).
+      labels: integers (N,).
+      name: "train" or "test", for messages.
+      images_from: where the images came from (a path), for messages.
+      labels_from: where the labels came from, for messages.
+
+    Returns:
+      The checked `Split`.
+    """
+    if images.ndim == 4 and images.shape[-1] == 1:  # tfds keeps a channel axis
+        images = images[..., 0]
+    if images.dtype != np.uint8 or images.shape[1:] != IMAGE_SHAPE:
+        raise DataError(
+            f"{images_from}: {name} images are {images.dtype} {images.shape}, expected uint8 "
+            f"(N, {IMAGE_SHAPE[0]}, {IMAGE_SHAPE[1]})"
+        )
+    if labels.ndim != 1 or len(labels) != len(images):
+        raise DataError(
+            f"{labels_from}: labels of shape {labels.shape}, but {images_from} has "
+            f"{len(images)} images"
+        )
+    if len(labels) == 0:
+        raise DataError(f"{images_from}: the {name} split is empty")
+    if labels.min() < 0 or labels.max() >= NUM_CLASSES:
+        bad = labels[(labels < 0) | (labels >= NUM_CLASSES)][0]
+        raise DataError(f"{labels_from}: {name} label {bad} is outside 0..{NUM_CLASSES - 1}")
+    # Copies, so callers get writable arrays that own their memory, as from Keras.
+    return Split(np.array(images, order="C"), labels.astype(np.int32))
+
+
+def _load_sample(spec: _Spec) -> tuple[Split, Split]:
+    if spec.sample_prefix is None:
+        raise DataError(f"fnlearn ships no {spec.title} sample; use source='idx' or 'tfds'")
+    return _load_idx_folder(spec, ASSETS_DIR, verify=False, prefix=spec.sample_prefix)
+
+
+def _tfds_has_cached(spec: _Spec) -> bool:
+    """Whether tensorflow-datasets is installed and has the dataset prepared in its data dir."""
+    if importlib.util.find_spec("tensorflow_datasets") is None:
+        return False
+    import tensorflow_datasets as tfds
+
+    return tfds.builder(spec.tfds_name).is_prepared()
+
+
+def _why_tfds_cannot_download(spec: _Spec) -> str | None:
+    """Why tfds cannot download the dataset here, or None if it likely can."""
+    if importlib.util.find_spec("tensorflow_datasets") is None:
+        return "tensorflow-datasets is not installed"
+    if importlib.util.find_spec("tensorflow") is None:
+        return "tensorflow-datasets needs TensorFlow to prepare a download"
+    host, port = spec.download_host
+    if not _reachable(host, port):
+        return f"no cached copy in tensorflow-datasets' data dir and {host} is unreachable"
+    return None
+
+
+def _reachable(host: str, port: int, timeout: float = 2.0) -> bool:
+    """Whether a TCP connection to host:port opens within timeout seconds."""
+    # Name lookup ignores socket timeouts and can hang for long on an offline machine, so the
+    # probe runs in a daemon thread that is abandoned after the timeout.
+    opened = []
+
+    def probe() -> None:
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            opened.append(True)
+        except OSError:
+            pass
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return bool(opened)
+
+
+def _load_tfds(
+    spec: _Spec, data_dir: str | os.PathLike | None, download: bool
+) -> tuple[Split, Split]:
+    try:
+        import tensorflow_datasets as tfds
+    except ImportError as error:
+        raise DataError(
+            "source='tfds' needs tensorflow-datasets: pip install tensorflow-datasets"
+        ) from error
+    has_tensorflow = _tensorflow_available()
+    builder = tfds.builder(spec.tfds_name, data_dir=data_dir)
+    where = f"tensorflow-datasets' {spec.tfds_name} in {builder.data_dir}"
+    if not builder.is_prepared():
+        if not download:
+            raise DataError(f"{where}: not downloaded and prepared")
+        if not has_tensorflow:
+            raise DataError(
+                f"{where}: not prepared yet, and tensorflow-datasets needs TensorFlow to prepare "
+                f"it (pip install tensorflow-cpu), or set {DATA_DIR_ENV} to a folder of the IDX "
+                "files"
+            )
+        try:
+            builder.download_and_prepare()
+        except Exception as error:  # tfds raises many kinds; all mean "no data"
+            raise DataError(f"{where}: download or preparation failed ({error})") from error
+    if has_tensorflow:
+        read_split = _read_tfds_dataset
+    else:
+        # Without TensorFlow only the random-access reader works, and only on ArrayRecord files.
+        read_split = _read_tfds_data_source
+    try:
+        arrays = {split: read_split(builder, split) for split in ("train", "test")}
+    except Exception as error:  # from tfds, TF or array_record
+        tip = "" if has_tensorflow else " (without TensorFlow only ArrayRecord files can be read)"
+        raise DataError(f"{where}: cannot be read{tip} ({error})") from error
+    return tuple(_checked_split(*arrays[split], split, where, where) for split in arrays)
+
+
+def _tensorflow_available() -> bool:
+    return importlib.util.find_spec("tensorflow") is not None
+
+
+def _read_tfds_dataset(builder, split: str) -> tuple[np.ndarray, np.ndarray]:
+    import tensorflow_datasets as tfds
+
+    # Fixed-size batches rather than batch_size=-1: the latter also breaks under tfds' mock_data.
+    batches = list(
+        tfds.as_numpy(builder.as_dataset(split=split, batch_size=10_000, as_supervised=True))
+    )
+    return np.concatenate([x for x, _ in batches]), np.concatenate([y for _, y in batches])
+
+
+def _read_tfds_data_source(builder, split: str) -> tuple[np.ndarray, np.ndarray]:
+    source = builder.as_data_source(split=split)
+    examples = [source[i] for i in range(len(source))]
+    images = np.stack([example["image"] for example in examples])
+    return images, np.array([example["label"] for example in examples])
