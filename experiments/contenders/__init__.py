@@ -1,0 +1,1 @@
+"""Benchmark contenders: one standalone script per framework, run by experiments/benchmark.py."""
