@@ -167,7 +167,7 @@ class _Builder:
     def add(self, kind, name, op, inputs, aval, value, params=()) -> tuple[str, Any]:
         node = Node(kind=kind, name=self.unique(name), op=op, inputs=tuple(inputs),
                     shape=tuple(aval.shape), dtype=np.dtype(aval.dtype).name,
-                    value=None if value is None else np.asarray(value), params=params)
+                    value=None if value is None else np.asarray(value, aval.dtype), params=params)
         self.nodes.append(node)
         self.by_name[node.name] = node
         return node.name, value
@@ -269,7 +269,7 @@ _DOT_STYLE = {
     "input": 'shape=ellipse, style=filled, fillcolor="#dbeafe"',
     "constant": 'shape=box, style=filled, fillcolor="#e5e7eb"',
     "operation": 'shape=box, style="rounded,filled", fillcolor="#fef3c7"',
-    "output": 'shape=doubleoctagon, style=filled, fillcolor="#dcfce7"',
+    "output": 'shape=box, style="rounded,filled", peripheries=2, fillcolor="#dcfce7"',
 }
 
 
