@@ -442,12 +442,16 @@ def _load_tfds(
         try:
             builder.download_and_prepare()
         except Exception as error:  # tfds raises many kinds; all mean "no data"
-            raise DataError(f"{where}: download or preparation failed ({error})") from error
-    if has_tensorflow:
-        read_split = _read_tfds_dataset
-    else:
-        # Without TensorFlow only the random-access reader works, and only on ArrayRecord files.
+            missing = f"; pip install {error.name}" if isinstance(error, ImportError) else ""
+            raise DataError(
+                f"{where}: download or preparation failed ({error}{missing})"
+            ) from error
+    # ArrayRecord files (what tfds.data_source prepares) are read by random access, without
+    # TensorFlow; tfds' default TFRecord files only through tf.data.
+    if builder.info.file_format.value == "array_record" or not has_tensorflow:
         read_split = _read_tfds_data_source
+    else:
+        read_split = _read_tfds_dataset
     try:
         arrays = {split: read_split(builder, split) for split in ("train", "test")}
     except Exception as error:  # from tfds, TF or array_record
