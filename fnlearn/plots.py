@@ -1,0 +1,94 @@
+"""Pictures of a training run: learning curves, a confusion matrix, misclassified examples.
+
+matplotlib is imported inside each function (with the non-interactive Agg
+backend), so ``import fnlearn`` does not pay for it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def confusion_matrix(labels: np.ndarray, predicted: np.ndarray, num_classes: int) -> np.ndarray:
+    """Counts ``[true, predicted]`` over all examples, shape ``(num_classes, num_classes)``."""
+    labels, predicted = np.asarray(labels).reshape(-1), np.asarray(predicted).reshape(-1)
+    if labels.shape != predicted.shape:
+        raise ValueError(f"labels {labels.shape} and predictions {predicted.shape} differ in length")
+    matrix = np.zeros((num_classes, num_classes), np.int64)
+    np.add.at(matrix, (labels, predicted), 1)
+    return matrix
+
+
+def plot_history(history, path: str | os.PathLike) -> Path:
+    """Loss and each metric per epoch, train and validation, one panel each."""
+    plt = _pyplot()
+    values = history.history
+    names = [n for n in values if not n.startswith("val_")]
+    epochs = np.arange(1, len(values[names[0]]) + 1)
+    fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 4), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        ax.plot(epochs, values[name], "o-", label=f"train {name}")
+        if f"val_{name}" in values:
+            ax.plot(epochs, values[f"val_{name}"], "s--", label=f"validation {name}")
+        ax.set_xlabel("epoch")
+        ax.set_title(name)
+        ax.set_xticks(epochs)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)
+
+
+def plot_confusion_matrix(matrix: np.ndarray, path: str | os.PathLike) -> Path:
+    """The confusion matrix as a heat map with the counts written in each cell."""
+    plt = _pyplot()
+    classes = matrix.shape[0]
+    fig, ax = plt.subplots(figsize=(7, 6))
+    image = ax.imshow(matrix, cmap="Blues")
+    fig.colorbar(image, ax=ax)
+    ax.set_xticks(range(classes))
+    ax.set_yticks(range(classes))
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    threshold = matrix.max() / 2
+    for (i, j), count in np.ndenumerate(matrix):
+        ax.text(j, i, str(count), ha="center", va="center", fontsize=7,
+                color="white" if count > threshold else "black")
+    ax.set_title(f"Confusion matrix ({matrix.trace()} of {matrix.sum()} correct)")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)
+
+
+def plot_misclassified(images: np.ndarray, labels: np.ndarray, predicted: np.ndarray,
+                       path: str | os.PathLike, max_images: int = 36) -> Path:
+    """A grid of the first misclassified images titled ``true -> predicted``."""
+    plt = _pyplot()
+    wrong = np.flatnonzero(np.asarray(labels) != np.asarray(predicted))[:max_images]
+    columns = 6
+    rows = max(1, -(-len(wrong) // columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(columns * 1.6, rows * 1.8), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, index in zip(axes.flat, wrong):
+        ax.imshow(images[index], cmap="gray_r")
+        ax.set_title(f"{labels[index]} -> {predicted[index]}", fontsize=9, color="firebrick")
+    fig.suptitle(f"Misclassified test digits (true -> predicted), first {len(wrong)}")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)
