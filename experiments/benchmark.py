@@ -23,9 +23,6 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
-from contenders.mnist_idx import FILES, write_idx
-
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 CONTENDERS_DIR = HERE / "contenders"
@@ -181,14 +178,13 @@ def child_env(cache_dir: str | None = None, warm: bool = False) -> dict[str, str
 
 
 def mnist_run(
-    name: str, args: argparse.Namespace, data_dir: str, workdir: str, cache_root: str, rep: int
+    name: str, args: argparse.Namespace, workdir: str, cache_root: str, rep: int
 ) -> dict[str, object]:
     """Run one repetition of one MNIST contender and collect its metrics.
 
     Args:
       name: a key of `MNIST_CONTENDERS`.
-      args: the benchmark's arguments (epochs, batch size, limit).
-      data_dir: folder of MNIST IDX gz files.
+      args: the benchmark's arguments (data, epochs, batch size, limit).
       workdir: the child's working directory.
       cache_root: parent folder of the JAX compilation caches.
       rep: repetition number, which names a fresh cache folder for cold runs.
@@ -204,7 +200,8 @@ def mnist_run(
         env = child_env(os.path.join(cache_root, f"cold-{rep}"))
     else:
         env = child_env()
-    command = [sys.executable, str(CONTENDERS_DIR / script), "--data-dir", data_dir]
+    command = [sys.executable, str(CONTENDERS_DIR / script)]
+    command += ["--data-dir", args.data_dir] if args.data_dir else ["--source", "sample"]
     command += ["--epochs", str(args.epochs), "--batch-size", str(args.batch_size)]
     command += ["--seed", str(rep)]
     if args.limit:
@@ -513,24 +510,6 @@ def plot(report: dict[str, object], path: Path) -> None:
     plt.close(fig)
 
 
-def quick_data(folder: str) -> str:
-    """Write fnlearn's shipped MNIST sample as IDX gz files, the format every contender reads.
-
-    Args:
-      folder: where to write them.
-
-    Returns:
-      The folder.
-    """
-    import fnlearn
-
-    (x, y), (xt, yt) = fnlearn.load_mnist(source="sample")
-    arrays = {"train_images": x, "train_labels": y, "test_images": xt, "test_labels": yt}
-    for name, array in arrays.items():
-        write_idx(os.path.join(folder, FILES[name]), np.asarray(array))
-    return folder
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """The benchmark's command line.
 
@@ -589,21 +568,18 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
             raise SystemExit(f"--only matched none of: {', '.join(MNIST_CONTENDERS)}")
 
     with tempfile.TemporaryDirectory(prefix="fnlearn-bench-") as scratch:
-        data_dir, data = args.data_dir, args.data_dir
-        if not data_dir:
-            data_dir, data = quick_data(scratch), "fnlearn's shipped sample"
         workdir = os.path.join(scratch, "work")
         os.mkdir(workdir)
         if "fnlearn (warm cache)" in names:
             # One untimed run fills the cache the warm contender then reads.
             print("warming the JAX compilation cache ...", flush=True)
-            mnist_run("fnlearn (warm cache)", args, data_dir, workdir, scratch, rep=0)
+            mnist_run("fnlearn (warm cache)", args, workdir, scratch, rep=0)
 
         mnist_runs = {name: [] for name in names}
         regression_runs = {name: [] for name in REGRESSION_CONTENDERS}
         for rep in range(1, args.reps + 1):
             for name in names:
-                run = mnist_run(name, args, data_dir, workdir, scratch, rep)
+                run = mnist_run(name, args, workdir, scratch, rep)
                 mnist_runs[name].append(run)
                 shown = f"{run['fit_s']:.2f} s fit" if run["status"] == "ok" else run["status"]
                 print(f"rep {rep}/{args.reps}  {name:<22} {shown}", flush=True)
@@ -632,7 +608,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
             "batch_size": args.batch_size,
             "limit": args.limit,
             "quick": args.quick,
-            "data": data,
+            "data": args.data_dir or "fnlearn's shipped sample",
         },
         "machine": {
             "cpu": cpu_model(),

@@ -20,7 +20,7 @@ def main(argv: list[str] | None = None) -> None:
         missing("fnlearn")
 
     # The same numpy reader as the other contenders, so data loading costs the same everywhere.
-    (x, y), (xt, yt) = load_mnist(args.data_dir, args.limit)
+    (x, y), (xt, yt) = load_mnist(args.data_dir, args.limit, args.source)
     model = fl.nn.serial(
         fl.nn.Normalize(0.0, 255.0),
         fl.nn.Flatten(),

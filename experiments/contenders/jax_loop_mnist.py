@@ -20,7 +20,7 @@ def main(argv: list[str] | None = None) -> None:
     except ImportError:
         missing("jax")
 
-    (x, y), (xt, yt) = load_mnist(args.data_dir, args.limit)
+    (x, y), (xt, yt) = load_mnist(args.data_dir, args.limit, args.source)
     x = x.reshape(len(x), -1).astype(np.float32) / 255.0
     xt = xt.reshape(len(xt), -1).astype(np.float32) / 255.0
     y, yt = y.astype(np.int32), yt.astype(np.int32)

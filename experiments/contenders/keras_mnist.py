@@ -22,7 +22,9 @@ def main(argv: list[str] | None = None) -> None:
         missing("tensorflow")
 
     tf.keras.utils.set_random_seed(args.seed)
-    (train_images, train_labels), (test_images, test_labels) = load_mnist(args.data_dir, args.limit)
+    (train_images, train_labels), (test_images, test_labels) = load_mnist(
+        args.data_dir, args.limit, args.source
+    )
     train_images, test_images = train_images / 255.0, test_images / 255.0
 
     epoch_ends = []

@@ -12,6 +12,9 @@ import sys
 
 import numpy as np
 
+# fnlearn's shipped sample: the same four files, named with a prefix, inside the package.
+SAMPLE_DIR = os.path.join(os.path.dirname(__file__), os.pardir, os.pardir, "fnlearn", "assets")
+SAMPLE_PREFIX = "mnist-sample-"
 FILES = {
     "train_images": "train-images-idx3-ubyte.gz",
     "train_labels": "train-labels-idx1-ubyte.gz",
@@ -36,32 +39,21 @@ def read_idx(path: str) -> np.ndarray:
     return np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim).reshape(shape)
 
 
-def write_idx(path: str, array: np.ndarray) -> None:
-    """Write a uint8 array as a gzipped IDX file (used to hand a data sample to the contenders).
-
-    Args:
-      path: the `.gz` file to write.
-      array: uint8 data, any number of dimensions.
-    """
-    array = np.ascontiguousarray(array, np.uint8)
-    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(d.to_bytes(4, "big") for d in array.shape)
-    with gzip.open(path, "wb", compresslevel=1) as f:
-        f.write(header + array.tobytes())
-
-
 def load_mnist(
-    data_dir: str, limit: int | None = None
+    data_dir: str | None, limit: int | None = None, source: str = "idx"
 ) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
     """Load MNIST from a folder of IDX gz files, optionally cut to a subset.
 
     Args:
-      data_dir: folder with the four standard MNIST `.gz` files.
+      data_dir: folder with the four standard MNIST `.gz` files (unused for the sample).
       limit: keep the first `limit` training examples and the first `limit // 2` test ones.
+      source: "idx" for `data_dir`, "sample" for the sample shipped inside fnlearn.
 
     Returns:
       `((train_images, train_labels), (test_images, test_labels))`, uint8 images N x 28 x 28.
     """
-    arrays = {name: read_idx(os.path.join(data_dir, f)) for name, f in FILES.items()}
+    folder, prefix = (SAMPLE_DIR, SAMPLE_PREFIX) if source == "sample" else (data_dir, "")
+    arrays = {name: read_idx(os.path.join(folder, prefix + f)) for name, f in FILES.items()}
     train = arrays["train_images"], arrays["train_labels"]
     test = arrays["test_images"], arrays["test_labels"]
     if limit:
@@ -82,14 +74,15 @@ def parse_args(argv: list[str] | None, description: str, epochs: int = 5) -> arg
       The parsed arguments.
     """
     parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--data-dir", default=os.environ.get("FNLEARN_DATA_DIR"), required=False)
+    parser.add_argument("--data-dir", default=os.environ.get("FNLEARN_DATA_DIR"))
+    parser.add_argument("--source", choices=("idx", "sample"), default="idx")
     parser.add_argument("--epochs", type=int, default=epochs)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--limit", type=int, default=None, help="training subset size")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    if not args.data_dir:
-        parser.error("--data-dir (or FNLEARN_DATA_DIR) is required")
+    if args.source == "idx" and not args.data_dir:
+        parser.error("--data-dir (or FNLEARN_DATA_DIR) is required unless --source sample")
     return args
 
 

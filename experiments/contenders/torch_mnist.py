@@ -19,7 +19,7 @@ def main(argv: list[str] | None = None) -> None:
         missing("torch")
 
     torch.manual_seed(args.seed)
-    (x, y), (xt, yt) = load_mnist(args.data_dir, args.limit)
+    (x, y), (xt, yt) = load_mnist(args.data_dir, args.limit, args.source)
     # Whole data set as tensors in memory, like Keras gets it: no DataLoader overhead.
     x = torch.from_numpy(x.astype("float32") / 255.0)
     xt = torch.from_numpy(xt.astype("float32") / 255.0)

@@ -1,0 +1,98 @@
+"""The benchmark harness: its arithmetic on made-up numbers, and a quick run end to end."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"
+sys.path.insert(0, str(EXPERIMENTS))
+
+import benchmark  # noqa: E402
+
+
+def test_summary_and_pair_ratios_on_made_up_numbers():
+    assert benchmark.summarize([3.0, 1.0, 2.0]) == {"median": 2.0, "min": 1.0, "max": 3.0}
+    assert benchmark.summarize([4.0, 1.0, 2.0, 3.0]) == {"median": 2.5, "min": 1.0, "max": 4.0}
+    assert benchmark.summarize([]) is None
+    # Pair by pair: 10/1, 12/2, 40/4 -> 10, 6, 10; the median is 10, not 62/7 (ratio of medians 6).
+    assert benchmark.pair_ratio([10.0, 12.0, 40.0], [1.0, 2.0, 4.0]) == 10.0
+    # A repetition where either side failed drops out of the pairing.
+    assert benchmark.pair_ratio([10.0, None, 9.0], [2.0, 1.0, None]) == 5.0
+    assert benchmark.pair_ratio([1.0], [None]) is None
+
+
+def test_aggregate_marks_missing_and_failed_contenders():
+    runs = {
+        "fnlearn": [{"status": "ok", "fit_s": 1.0}, {"status": "ok", "fit_s": 2.0}],
+        "PyTorch": [{"status": "ok", "fit_s": 6.0}, {"status": "ok", "fit_s": 16.0}],
+        "Keras (TensorFlow)": [{"status": "missing", "missing": "tensorflow"}] * 2,
+        "JAX + Optax loop": [{"status": "failed", "returncode": 1}] * 2,
+    }
+    summary = benchmark.aggregate(runs, ["fit_s"], ["fit_s"])
+    assert summary["PyTorch"]["fit_s"] == {"median": 11.0, "min": 6.0, "max": 16.0}
+    assert summary["PyTorch"]["ratio"]["fit_s"] == 7.0  # median of 6/1 and 16/2
+    assert summary["fnlearn"]["ratio"]["fit_s"] == 1.0
+    assert summary["Keras (TensorFlow)"]["status"] == "missing"
+    assert summary["Keras (TensorFlow)"]["detail"] == "tensorflow"
+    assert summary["Keras (TensorFlow)"]["ratio"]["fit_s"] is None
+    assert summary["JAX + Optax loop"]["status"] == "failed"
+    assert summary["JAX + Optax loop"]["fit_s"] is None
+
+
+def test_quick_run_writes_table_chart_and_json(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "FNLEARN_DATA_DIR"}
+    out = tmp_path / "bench"
+    done = subprocess.run(
+        [sys.executable, str(EXPERIMENTS / "benchmark.py"), "--quick", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((out / "benchmark.json").read_text())
+    markdown = (out / "benchmark.md").read_text()
+    assert (out / "benchmark.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert report["settings"]["data"] == "fnlearn's shipped sample"
+    assert markdown in done.stdout
+
+    summary = report["mnist"]["summary"]
+    assert list(summary) == list(benchmark.MNIST_CONTENDERS)
+    for name, entry in summary.items():
+        assert f"| {name} |" in markdown
+        assert entry["status"] in ("ok", "missing"), (name, entry)
+        if entry["status"] == "ok":
+            for key in ("first_epoch_s", "fit_s", "process_s", "peak_mib", "test_accuracy"):
+                assert isinstance(entry[key]["median"], float), (name, key)
+            assert entry["process_s"]["median"] > entry["fit_s"]["median"] > 0
+            assert 0 < entry["test_accuracy"]["median"] <= 100
+        else:
+            assert f"| {name} | **missing**" in markdown
+    assert summary["fnlearn"]["status"] == "ok"
+    assert list(report["regression"]["summary"]) == ["fnlearn", "PyTorch"]
+
+
+def test_missing_framework_is_a_missing_row(tmp_path, monkeypatch):
+    # A `torch` that cannot be imported, first on the contenders' path.
+    shadow = tmp_path / "shadow" / "torch"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("raise ImportError('torch hidden by the test')\n")
+    monkeypatch.setenv("PYTHONPATH", str(shadow.parent))
+    monkeypatch.delenv("FNLEARN_DATA_DIR", raising=False)
+    report = benchmark.main(
+        ["--quick", "--only", "PyTorch", "--no-regression", "--out", str(tmp_path / "out")]
+    )
+    entry = report["mnist"]["summary"]["PyTorch"]
+    assert entry["status"] == "missing"
+    assert entry["detail"] == "torch"
+    assert "| PyTorch | **missing** (torch)" in (tmp_path / "out" / "benchmark.md").read_text()
+
+
+def test_full_mode_needs_data(monkeypatch):
+    monkeypatch.delenv("FNLEARN_DATA_DIR", raising=False)
+    with pytest.raises(SystemExit):
+        benchmark.main(["--reps", "2"])
