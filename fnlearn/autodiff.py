@@ -118,6 +118,9 @@ def check_grad(
         if not jnp.issubdtype(jnp.result_type(leaf), jnp.floating):
             raise TypeError(f"params leaf {jax.tree_util.keystr(path) or '(root)'} has dtype "
                             f"{jnp.result_type(leaf)}; gradients need floating leaves")
+    out = jax.eval_shape(fn, params, *args)
+    if getattr(out, "shape", None) != ():
+        raise ValueError(f"check_grad needs fn to return a scalar, got {out}")
     if eps is None:
         eps = 1e-6 if float64 else 5e-3
     default_rtol, default_atol = (1e-3, 1e-5) if float64 else (1e-2, 1e-3)
@@ -151,24 +154,28 @@ def check_grad(
 def _central_differences(fn, params, args, eps) -> tuple[np.ndarray, np.ndarray]:
     """Return the numeric gradient and, per element, the rounding noise it may carry."""
     flat, unravel = ravel_pytree(params)
-    value_at = jax.jit(jax.vmap(lambda v: fn(unravel(v), *args)))
-    probe = jax.eval_shape(lambda v: fn(unravel(v), *args), flat)
-    if getattr(probe, "shape", None) != ():
-        raise ValueError(f"check_grad needs fn to return a scalar, got {probe}")
-    value = value_at(flat[None])[0]
+    value_at = jax.vmap(lambda v: fn(unravel(v), *args))
     step = eps * jnp.maximum(1.0, jnp.abs(flat))
-    numeric = []
-    for start in range(0, flat.size, _CHUNK):
-        index = jnp.arange(start, min(start + _CHUNK, flat.size))
-        shift = jnp.zeros((index.size, flat.size), flat.dtype).at[
-            jnp.arange(index.size), index].set(step[index])
+    size = min(_CHUNK, flat.size)
+
+    @jax.jit
+    def chunk(index):
+        h = step[index]
+        shift = jnp.zeros((size, flat.size), flat.dtype).at[jnp.arange(size), index].set(h)
         # Divide by the step actually taken, (p + h) - (p - h), not by 2h: p + h rounds.
-        taken = (flat[index] + step[index]) - (flat[index] - step[index])
-        numeric.append((value_at(flat + shift) - value_at(flat - shift)) / taken)
+        taken = (flat[index] + h) - (flat[index] - h)
+        return (value_at(flat + shift) - value_at(flat - shift)) / taken, value_at(flat[None])[0]
+
+    # Every chunk has the same size, so `chunk` compiles once; the last one is padded
+    # by repeating the final index, and the padding is cut off below.
+    results = [chunk(jnp.minimum(jnp.arange(start, start + size), flat.size - 1))
+               for start in range(0, flat.size, size)]
+    numeric = jnp.concatenate([r[0] for r in results])[: flat.size]
+    value = results[0][1]
     # fn(p +- h) is only known to about machine epsilon * |fn(p)|; divided by the step,
     # that error is as large as a float32 difference gets on a large sum.
     noise = jnp.finfo(value.dtype).eps * jnp.maximum(1.0, jnp.abs(value)) / step
-    return np.asarray(jnp.concatenate(numeric), np.float64), np.asarray(noise, np.float64)
+    return np.asarray(numeric, np.float64), np.asarray(noise, np.float64)
 
 
 def _to_float64(tree):

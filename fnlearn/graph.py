@@ -18,6 +18,7 @@ Plain JAX equivalents, for reference:
 from __future__ import annotations
 
 import inspect
+import re
 import shutil
 import subprocess
 from collections.abc import Callable, Sequence
@@ -98,11 +99,12 @@ class Graph:
 
 
 def format_value(value: np.ndarray) -> str:
-    """Format a node value the way NumPy prints it, summarizing large arrays."""
+    """Format a node value on one line the way NumPy prints it, summarizing large arrays."""
     value = np.asarray(value)
     if value.ndim == 0:
         return str(value[()])  # "2.0", not NumPy's 0-d array form "2."
-    return np.array2string(value, threshold=10, edgeitems=3, separator=" ")
+    text = np.array2string(value, threshold=10, edgeitems=3, max_line_width=10**6)
+    return re.sub(r"\n\s*", " ", text)  # rows of a matrix on one line: one node, one line
 
 
 def trace(
