@@ -1,0 +1,199 @@
+"""Keras-style callbacks for ``fit``: ``ModelCheckpoint`` and ``EarlyStopping``.
+
+``fit`` calls, on each callback that has them, ``on_train_begin(state, history,
+resume)`` (a returned ``(state, history)`` is where training starts), then
+``on_epoch_end(epoch, state, logs, history)`` after every epoch (``True`` stops
+training) and ``on_train_end(state, history)``. Callbacks run in list order and
+each sees what the previous one returned, so put ``ModelCheckpoint`` first: an
+``EarlyStopping`` after it then rebuilds its counters from the restored history
+and a resumed run stops where the uninterrupted one would have.
+
+``mode="auto"`` follows Keras: a monitored name containing ``"acc"`` is
+maximized, anything else minimized.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from pathlib import Path
+from typing import Any
+
+from fnlearn.checkpoint import (
+    delete_checkpoints,
+    latest_checkpoint,
+    restore_checkpoint,
+    save_checkpoint,
+)
+from fnlearn.train import History, TrainState
+
+
+def _is_better(monitor: str, mode: str):
+    """``better(current, best, min_delta)`` for ``mode`` (``"min"``, ``"max"`` or ``"auto"``)."""
+    if mode not in ("auto", "min", "max"):
+        raise ValueError(f"mode must be 'auto', 'min' or 'max', got {mode!r}")
+    if mode == "max" or (mode == "auto" and "acc" in monitor):
+        return lambda current, best, min_delta=0.0: current - min_delta > best
+    return lambda current, best, min_delta=0.0: current + min_delta < best
+
+
+def _monitored(monitor: str, logs: dict[str, float]) -> float:
+    if monitor not in logs:
+        hint = " (pass validation_data to fit)" if monitor.startswith("val_") else ""
+        raise KeyError(f"monitored value {monitor!r} is not in the epoch's logs "
+                       f"{sorted(logs)}{hint}")
+    return logs[monitor]
+
+
+class ModelCheckpoint:
+    """Saves the training state after every epoch and restores it when ``fit(resume=True)``.
+
+    Args:
+      directory: where checkpoints go (one subdirectory per epoch, see ``fnlearn.checkpoint``).
+      keep: how many of the latest checkpoints to keep.
+      save_best_only: save only epochs whose ``monitor`` value improved on the best so
+        far, so the directory keeps the best ``keep`` (the newest being the best).
+      monitor: the logged value compared with ``save_best_only``.
+      mode: ``"min"``, ``"max"`` or ``"auto"``.
+      overwrite: on a fresh (non-resumed) run, delete checkpoints already in
+        ``directory`` instead of refusing to mix two runs in one directory.
+      verbose: 1 prints what was restored or saved, 0 is silent.
+    """
+
+    def __init__(self, directory: str | Path, keep: int = 3, save_best_only: bool = False,
+                 monitor: str = "val_loss", mode: str = "auto", overwrite: bool = False,
+                 verbose: int = 1):
+        if not isinstance(keep, int) or keep < 1:
+            raise ValueError(f"keep must be a positive int, got {keep!r}")
+        self.directory = Path(directory)
+        self.keep = keep
+        self.save_best_only = save_best_only
+        self.monitor = monitor
+        self.overwrite = overwrite
+        self.verbose = verbose
+        self._better = _is_better(monitor, mode)
+        self.best = math.nan
+
+    def on_train_begin(self, state: TrainState, history: History,
+                       resume: bool) -> tuple[TrainState, History] | None:
+        self.best = math.nan
+        latest = latest_checkpoint(self.directory)
+        if not resume:
+            if latest is not None and not self.overwrite:
+                raise FileExistsError(
+                    f"{self.directory} already holds checkpoints (latest {latest}); pass "
+                    "resume=True to continue that run, or ModelCheckpoint(..., overwrite=True) "
+                    "to start over")
+            if latest is not None:
+                delete_checkpoints(self.directory)
+            return None
+        if latest is None:
+            self._say(f"no checkpoint in {self.directory}: starting from scratch")
+            return None
+        state, history, _ = restore_checkpoint(self.directory, state)
+        for value in history.history.get(self.monitor, []):
+            if math.isnan(self.best) or self._better(value, self.best):
+                self.best = value
+        self._say(f"resuming from {latest} (epoch {int(state.epoch)}, step {int(state.step)})")
+        return state, history
+
+    def on_epoch_end(self, epoch: int, state: TrainState, logs: dict[str, float],
+                     history: History) -> bool:
+        if self.save_best_only:
+            value = _monitored(self.monitor, logs)
+            if not (math.isnan(self.best) or self._better(value, self.best)):
+                return False
+            self.best = value
+        path = save_checkpoint(self.directory, state, history, keep=self.keep,
+                               metadata={"monitor": self.monitor, "best": self.best})
+        self._say(f"saved {path}")
+        return False
+
+    def _say(self, message: str) -> None:
+        if self.verbose:
+            print(f"ModelCheckpoint: {message}", flush=True)
+
+
+class EarlyStopping:
+    """Stops training when ``monitor`` has not improved for ``patience`` epochs (Keras semantics).
+
+    With ``restore_best_weights=True`` the best epoch's parameters are kept in
+    ``best_params`` and ``on_train_end`` returns the final state with them swapped
+    in (``fit`` hands that state back where it supports it; otherwise use
+    ``state._replace(params=early_stopping.best_params)``).
+
+    Args:
+      monitor: the logged value to watch.
+      min_delta: smallest change that counts as an improvement.
+      patience: epochs without improvement before stopping.
+      mode: ``"min"``, ``"max"`` or ``"auto"``.
+      restore_best_weights: remember the best epoch's parameters.
+      verbose: 1 prints when training stops, 0 is silent.
+
+    Attributes:
+      best: best monitored value so far; best_epoch: its epoch (0-based);
+      stopped_epoch: the epoch training stopped after (0 if it did not);
+      best_params: the best epoch's parameters (``restore_best_weights`` only).
+    """
+
+    def __init__(self, monitor: str = "val_loss", min_delta: float = 0.0, patience: int = 0,
+                 mode: str = "auto", restore_best_weights: bool = False, verbose: int = 0):
+        if not isinstance(patience, int) or patience < 0:
+            raise ValueError(f"patience must be a non-negative int, got {patience!r}")
+        self.monitor = monitor
+        self.min_delta = abs(min_delta)
+        self.patience = patience
+        self.restore_best_weights = restore_best_weights
+        self.verbose = verbose
+        self._better = _is_better(monitor, mode)
+        self._reset()
+
+    def _reset(self) -> None:
+        self.best = math.nan
+        self.best_epoch = -1
+        self.wait = 0
+        self.stopped_epoch = 0
+        self.best_params: Any = None
+
+    def _update(self, epoch: int, value: float) -> bool:
+        """Counts one epoch; returns whether it improved on the best."""
+        self.wait += 1
+        if math.isnan(self.best) or self._better(value, self.best, self.min_delta):
+            self.best, self.best_epoch, self.wait = value, epoch, 0
+            return True
+        return False
+
+    def on_train_begin(self, state: TrainState, history: History, resume: bool) -> None:
+        self._reset()
+        # A resumed run replays the restored history, so it stops where the
+        # uninterrupted run would. Older best parameters were not saved: only the
+        # restored state's can be recovered, when it is the best epoch.
+        if self.monitor in history.history:
+            for epoch, value in zip(history.epoch, history.history[self.monitor], strict=True):
+                self._update(epoch, value)
+        if self.restore_best_weights and history.epoch and self.best_epoch == history.epoch[-1]:
+            self.best_params = state.params
+
+    def on_epoch_end(self, epoch: int, state: TrainState, logs: dict[str, float],
+                     history: History) -> bool:
+        if self._update(epoch, _monitored(self.monitor, logs)):
+            if self.restore_best_weights:
+                self.best_params = state.params
+            return False
+        if self.wait >= self.patience and epoch > 0:
+            self.stopped_epoch = epoch
+            if self.verbose:
+                print(f"EarlyStopping: epoch {epoch + 1}: {self.monitor} has not improved on "
+                      f"{self.best:.4f} (epoch {self.best_epoch + 1}) for {self.wait} epochs; "
+                      "stopping", flush=True)
+            return True
+        return False
+
+    def on_train_end(self, state: TrainState, history: History) -> TrainState | None:
+        if not self.restore_best_weights:
+            return None
+        if self.best_params is None:
+            warnings.warn("EarlyStopping: the best epoch's parameters are not available (it "
+                          "came before a resume); keeping the final ones", stacklevel=2)
+            return None
+        return state._replace(params=self.best_params)
