@@ -213,8 +213,10 @@ def _load(
     if not normalize:
         return dataset
     # Divide in float64 and round once to float32, as the original program does; multiplying by
-    # 1/255 gives different bits for about half of the 256 pixel values.
-    train, test = (Split((s.images / 255.0).astype(np.float32), s.labels) for s in dataset)
+    # 1/255 gives different bits for about half of the 256 pixel values. A uint8 image has only
+    # 256 values, so look them up: the same bits as dividing every pixel, ten times faster.
+    table = (np.arange(256) / 255.0).astype(np.float32)
+    train, test = (Split(table[s.images], s.labels) for s in dataset)
     return Dataset(train, test, dataset.source)
 
 

@@ -195,7 +195,8 @@ def test_sample_has_the_documented_shapes_and_all_classes():
     assert y_train.dtype == np.int32 and y_test.dtype == np.int32
     assert set(y_train.tolist()) == set(range(10)) == set(y_test.tolist())
     assert y_train[:5].tolist() == [5, 0, 4, 1, 9] and y_test[:5].tolist() == [7, 2, 1, 0, 4]
-    assert sum(path.stat().st_size for path in data.ASSETS_DIR.iterdir()) < 2_000_000
+    sample_files = list(data.ASSETS_DIR.glob(f"{data.MNIST_SAMPLE_PREFIX}*"))
+    assert len(sample_files) == 4 and sum(p.stat().st_size for p in sample_files) < 2_000_000
 
 
 def test_normalize_is_division_by_255_in_float64_rounded_to_float32():
@@ -258,6 +259,9 @@ def test_tfds_adapter_on_mock_data(monkeypatch, tmp_path, has_tensorflow):
         # Without TensorFlow only an existing cache can be read, so pretend there is one (mock_data
         # reports datasets as not prepared, and its download_and_prepare is a no-op).
         monkeypatch.setattr(tfds.core.DatasetBuilder, "is_prepared", lambda self: True)
+    # mock_data serves both readers, so make sure the one that must not be used is not.
+    unused = "_read_tfds_dataset" if not has_tensorflow else "_read_tfds_data_source"
+    monkeypatch.setattr(data, unused, lambda *args: pytest.fail(f"{unused} was used"))
     with tfds.testing.mock_data(num_examples=7):
         dataset = data.load_mnist("tfds", tmp_path)
     (x_train, y_train), (x_test, y_test) = dataset
