@@ -1,9 +1,9 @@
 """The article's gradient programs: d mean(x**2) / dx at x = [1, 2, 3], two ways.
 
-PyTorch marks x with `requires_grad=True`, runs the computation and calls
-`z.backward()`; TensorFlow records the computation on a `GradientTape`. In JAX
-the gradient is a function transformation: `jax.grad(f)` is a new function
-that returns df/dx, with nothing recorded and no `.grad` field to reset.
+PyTorch marks x with ``requires_grad=True``, runs the computation and calls
+``z.backward()``; TensorFlow records the computation on a ``GradientTape``. In JAX
+the gradient is a function transformation: ``jax.grad(f)`` is a new function
+that returns df/dx, with nothing recorded and no ``.grad`` field to reset.
 
     python experiments/gradients.py
 """
@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> tuple[np.ndarray, GradCheck]:
     """Print the gradient in PyTorch's and TensorFlow's styles, then check it numerically.
 
     Args:
-      argv: arguments, `None` for `sys.argv[1:]`.
+      argv: arguments, ``None`` for ``sys.argv[1:]``.
 
     Returns:
       The gradient as a NumPy array, and the gradient check's report.

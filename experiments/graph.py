@@ -1,6 +1,6 @@
 """The article's first program: a tiny computational graph, c = a + b.
 
-TensorFlow builds the graph node by node (`tf.constant`, `tf.add`); in JAX the
+TensorFlow builds the graph node by node (``tf.constant``, ``tf.add``); in JAX the
 graph is what tracing a plain function records. Prints each node with its
 value, shape and dtype, and writes the picture under --out.
 
@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> Graph:
     """Trace c = a + b at a = 2.0, b = 3.0, print its nodes, write its picture.
 
     Args:
-      argv: arguments, `None` for `sys.argv[1:]`.
+      argv: arguments, ``None`` for ``sys.argv[1:]``.
 
     Returns:
       The traced graph.

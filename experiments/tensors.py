@@ -1,6 +1,6 @@
 """The article's tensor program: an array, its NumPy view, and the devices it can live on.
 
-PyTorch's `x.numpy()` shares memory with the CPU tensor; JAX's `np.asarray(x)`
+PyTorch's ``x.numpy()`` shares memory with the CPU tensor; JAX's ``np.asarray(x)``
 does the same on CPU, read-only, because JAX arrays are immutable.
 
     python experiments/tensors.py
@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> np.ndarray:
     """Create [1, 2, 3], convert it to NumPy, show where it lives, round-trip through PyTorch.
 
     Args:
-      argv: arguments, `None` for `sys.argv[1:]`.
+      argv: arguments, ``None`` for ``sys.argv[1:]``.
 
     Returns:
       The NumPy array.

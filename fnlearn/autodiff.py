@@ -1,7 +1,7 @@
-"""Gradients: `jax.grad` is the API; this module checks it against finite differences.
+"""Gradients: ``jax.grad`` is the API; this module checks it against finite differences.
 
-PyTorch records operations on tensors marked `requires_grad=True` and
-`z.backward()` fills `x.grad`; TensorFlow records them on a `GradientTape`.
+PyTorch records operations on tensors marked ``requires_grad=True`` and
+``z.backward()`` fills ``x.grad``; TensorFlow records them on a ``GradientTape``.
 JAX transforms the function instead, with nothing recorded or stored:
 
     grad_fn = jax.grad(loss)                  # d loss / d first argument
@@ -10,7 +10,7 @@ JAX transforms the function instead, with nothing recorded or stored:
     jax.grad(loss, has_aux=True)              # loss returns (value, aux)
 
 Gradients come back as a pytree shaped like the parameters. When a gradient
-is written by hand (`jax.custom_vjp`, `jax.custom_jvp`) `check_grad` compares
+is written by hand (``jax.custom_vjp``, ``jax.custom_jvp``) ``check_grad`` compares
 it with central differences and names the leaf and element that disagree.
 """
 
@@ -44,7 +44,7 @@ class Mismatch(NamedTuple):
 
 @dataclass(frozen=True)
 class GradCheck:
-    """The result of `check_grad`.
+    """The result of ``check_grad``.
 
     Attributes:
       ok: True when every element agrees within tolerance.
@@ -71,7 +71,7 @@ class GradCheck:
 
 
 class GradientCheckError(AssertionError):
-    """Raised by `check_grad(..., raise_on_failure=True)` when gradients disagree."""
+    """Raised by ``check_grad(..., raise_on_failure=True)`` when gradients disagree."""
 
 
 def check_grad(
@@ -84,19 +84,19 @@ def check_grad(
     atol: float | None = None,
     raise_on_failure: bool = False,
 ) -> GradCheck:
-    """Compare `jax.grad(fn)(params, *args)` with central finite differences.
+    """Compare ``jax.grad(fn)(params, *args)`` with central finite differences.
 
-    Every element of every floating leaf of `params` is perturbed by
-    `h = eps * max(1, |p|)`; the numeric derivative is
-    `(fn(p + h) - fn(p - h)) / (2h)`. It costs two evaluations of `fn` per
+    Every element of every floating leaf of ``params`` is perturbed by
+    ``h = eps * max(1, |p|)``; the numeric derivative is
+    ``(fn(p + h) - fn(p - h)) / (2h)``. It costs two evaluations of ``fn`` per
     element, so check small models or small parameter subsets.
 
     Args:
-      fn: scalar function `fn(params, *args)`, e.g. a loss.
+      fn: scalar function ``fn(params, *args)``, e.g. a loss.
       params: pytree of floating arrays to differentiate with respect to.
       *args: further arguments (data), passed unchanged.
       float64: compute the finite differences in float64 (inside a local
-        `jax.enable_x64`), which makes them accurate enough to judge a float32
+        ``jax.enable_x64``), which makes them accurate enough to judge a float32
         gradient. With False they are computed in the params' own dtype.
       eps: relative step; default 1e-6 in float64, 5e-3 in float32 (about the
         cube root of float32's machine epsilon, which balances truncation and
@@ -105,11 +105,11 @@ def check_grad(
         + noise, where noise = machine epsilon * max(1, |fn|) / h is the rounding error
         the difference itself may carry; default 1e-3 and 1e-5 (float64), 1e-2 and
         1e-3 (float32).
-      raise_on_failure: raise `GradientCheckError` listing the wrong elements
+      raise_on_failure: raise ``GradientCheckError`` listing the wrong elements
         instead of returning a failed report.
 
     Returns:
-      A `GradCheck`; `str()` of it is a readable verdict.
+      A ``GradCheck``; ``str()`` of it is a readable verdict.
     """
     leaves, _ = jax.tree_util.tree_flatten_with_path(params)
     if not leaves:
@@ -166,7 +166,7 @@ def _central_differences(fn, params, args, eps) -> tuple[np.ndarray, np.ndarray]
         taken = (flat[index] + h) - (flat[index] - h)
         return (value_at(flat + shift) - value_at(flat - shift)) / taken, value_at(flat[None])[0]
 
-    # Every chunk has the same size, so `chunk` compiles once; the last one is padded
+    # Every chunk has the same size, so ``chunk`` compiles once; the last one is padded
     # by repeating the final index, and the padding is cut off below.
     results = [chunk(jnp.minimum(jnp.arange(start, start + size), flat.size - 1))
                for start in range(0, flat.size, size)]

@@ -1,13 +1,13 @@
 """The static graph of a pure function: trace it once, look at it as data.
 
 TensorFlow builds a graph of named nodes and prints each as
-`tf.Tensor(2.0, shape=(), dtype=float32)`. In JAX the graph is the *jaxpr*
-that `jax.make_jaxpr` records when a function is traced with example
-arguments. `trace` turns that jaxpr into a flat list of `Node` values (inputs,
+``tf.Tensor(2.0, shape=(), dtype=float32)``. In JAX the graph is the *jaxpr*
+that ``jax.make_jaxpr`` records when a function is traced with example
+arguments. ``trace`` turns that jaxpr into a flat list of ``Node`` values (inputs,
 constants, operations, outputs), each with its shape, dtype and, when the
 example arguments are concrete, its value. The same function can then be
-viewed further down the stack: `stablehlo_text` (what JAX hands the compiler),
-`hlo_text` (what XLA compiled) and `cost_analysis` (XLA's flop and byte counts).
+viewed further down the stack: ``stablehlo_text`` (what JAX hands the compiler),
+``hlo_text`` (what XLA compiled) and ``cost_analysis`` (XLA's flop and byte counts).
 
 Plain JAX equivalents, for reference:
     jax.make_jaxpr(fn)(*args)                      # the jaxpr, printable
@@ -31,7 +31,7 @@ import numpy as np
 from jax.extend.core import ClosedJaxpr, Literal
 
 # Calls whose body is itself a jaxpr. Drawing their body inline shows the real
-# operations (`max` inside `relu`) instead of one opaque `jit` box.
+# operations (``max`` inside ``relu``) instead of one opaque ``jit`` box.
 _INLINE_PARAMS = {"jit": "jaxpr", "pjit": "jaxpr", "closed_call": "call_jaxpr",
                   "custom_jvp_call": "call_jaxpr", "custom_vjp_call": "call_jaxpr"}
 _KINDS = ("input", "constant", "operation", "output")
@@ -44,13 +44,13 @@ class Node:
     Attributes:
       kind: "input", "constant", "operation" or "output" (an operation whose
         result the function returns; "identity" when it returns an input as is).
-      name: unique name, used by other nodes' `inputs`.
+      name: unique name, used by other nodes' ``inputs``.
       op: primitive name for operations and outputs ("add", "dot_general"), else None.
       inputs: names of the nodes this one consumes, in argument order.
       shape: array shape.
       dtype: NumPy dtype name, e.g. "float32".
       value: the value as a NumPy array when known (constants always; every node
-        when `trace` got concrete example arguments), else None.
+        when ``trace`` got concrete example arguments), else None.
       params: the operation's small static parameters, as (name, text) pairs.
     """
 
@@ -85,7 +85,7 @@ class Graph:
         return "\n".join(str(node) for node in self.nodes)
 
     def node(self, name: str) -> Node:
-        """Return the node called `name`."""
+        """Return the node called ``name``."""
         for node in self.nodes:
             if node.name == name:
                 return node
@@ -113,17 +113,17 @@ def trace(
     output_names: Sequence[str] | None = None,
     with_values: bool = True,
 ) -> Graph:
-    """Trace `fn` on example arguments into its static graph.
+    """Trace ``fn`` on example arguments into its static graph.
 
     Args:
-      fn: a pure function of arrays (or pytrees of arrays), e.g. `jax.grad(loss)`.
+      fn: a pure function of arrays (or pytrees of arrays), e.g. ``jax.grad(loss)``.
       *example_args: arguments to trace with. Concrete arrays give every node a
-        value; `jax.ShapeDtypeStruct`s give shapes and dtypes only.
+        value; ``jax.ShapeDtypeStruct``s give shapes and dtypes only.
       output_names: one name per output leaf; default "out", or "out[0]", "out['loss']"...
       with_values: evaluate the graph on the example arguments to fill in values.
 
     Returns:
-      A `Graph`. Input nodes are named after `fn`'s parameters (pytree leaves get
+      A ``Graph``. Input nodes are named after ``fn``'s parameters (pytree leaves get
       a path: "params['w']"); operations after their primitive ("add", "add_1").
     """
     if not callable(fn):
@@ -185,7 +185,7 @@ class _Builder:
         self.by_name = {node.name: node for node in self.nodes}
 
     def inline(self, closed, args, concrete) -> list[tuple[str, Any]]:
-        """Add the nodes of `closed` applied to `args` ((name, value) pairs); return its outputs."""
+        """Add the nodes of ``closed`` applied to ``args`` ((name, value) pairs); return outputs."""
         jaxpr = closed.jaxpr
         env = dict(zip(jaxpr.invars, args, strict=True))
         for var, const in zip(jaxpr.constvars, closed.consts, strict=True):
@@ -209,7 +209,7 @@ class _Builder:
     def operation(self, eqn, ins, concrete) -> list[tuple[str, Any]]:
         values = [None] * len(eqn.outvars)
         if concrete:
-            # The same evaluation `jax.core.eval_jaxpr` does, one equation at a time.
+            # The same evaluation ``jax.core.eval_jaxpr`` does, one equation at a time.
             # Older JAX returned (subfuns, params) here; newer returns params only.
             bind_params = eqn.primitive.get_bind_params(eqn.params)
             subfuns = ()
@@ -225,7 +225,7 @@ class _Builder:
 
 
 def _small_params(params: dict) -> tuple[tuple[str, str], ...]:
-    # Keep what helps a reader (`y=2`, `axes=(0,)`), drop nested jaxprs and sharding noise.
+    # Keep what helps a reader (``y=2``, ``axes=(0,)``), drop nested jaxprs and sharding noise.
     shown = []
     for key, value in params.items():
         text = str(value)
@@ -279,11 +279,11 @@ def to_dot(graph: Graph, title: str = "graph") -> str:
     """Return the graph as Graphviz DOT source: one box per node, one arrow per data edge.
 
     Args:
-      graph: a `Graph` from `trace`.
+      graph: a ``Graph`` from ``trace``.
       title: the DOT graph's label.
 
     Returns:
-      DOT text, renderable with `dot -Tpng` (see `render`).
+      DOT text, renderable with ``dot -Tpng`` (see ``render``).
     """
     ids = {node.name: f"n{i}" for i, node in enumerate(graph.nodes)}
     lines = [f'digraph "{_escape(title)}" {{', "  rankdir=LR;",
@@ -306,21 +306,21 @@ def _escape(text: str) -> str:
 
 
 class GraphvizNotFoundError(RuntimeError):
-    """Raised by `render` when the Graphviz `dot` program is not installed."""
+    """Raised by ``render`` when the Graphviz ``dot`` program is not installed."""
 
 
 def render(graph: Graph, path: str | Path) -> Path:
-    """Draw the graph to an image file with Graphviz's `dot` program.
+    """Draw the graph to an image file with Graphviz's ``dot`` program.
 
     Args:
-      graph: a `Graph` from `trace`.
+      graph: a ``Graph`` from ``trace``.
       path: output file; its suffix picks the format (.png, .svg or .pdf).
 
     Returns:
       The path written.
 
     Raises:
-      GraphvizNotFoundError: `dot` is not on PATH.
+      GraphvizNotFoundError: ``dot`` is not on PATH.
     """
     path = Path(path)
     fmt = path.suffix.lstrip(".").lower()
@@ -339,37 +339,37 @@ def render(graph: Graph, path: str | Path) -> Path:
 
 
 def stablehlo_text(fn: Callable, *example_args: Any) -> str:
-    """Return the StableHLO module JAX lowers `fn` to: the program handed to XLA.
+    """Return the StableHLO module JAX lowers ``fn`` to: the program handed to XLA.
 
     Args:
       fn: a pure function of arrays.
-      *example_args: arrays or `jax.ShapeDtypeStruct`s fixing shapes and dtypes.
+      *example_args: arrays or ``jax.ShapeDtypeStruct``s fixing shapes and dtypes.
 
     Returns:
-      MLIR text (`module @jit_fn { func.func public @main ... }`).
+      MLIR text (``module @jit_fn { func.func public @main ... }``).
     """
     return jax.jit(fn).lower(*example_args).as_text()
 
 
 def hlo_text(fn: Callable, *example_args: Any) -> str:
-    """Return the HLO XLA compiled `fn` into for the default device, after its optimizations.
+    """Return the HLO XLA compiled ``fn`` into for the default device, after its optimizations.
 
     Args:
       fn: a pure function of arrays.
-      *example_args: arrays or `jax.ShapeDtypeStruct`s fixing shapes and dtypes.
+      *example_args: arrays or ``jax.ShapeDtypeStruct``s fixing shapes and dtypes.
 
     Returns:
-      HLO text (`HloModule jit_fn ... ENTRY ...`); fused ops show as `fusion`.
+      HLO text (``HloModule jit_fn ... ENTRY ...``); fused ops show as ``fusion``.
     """
     return jax.jit(fn).lower(*example_args).compile().as_text()
 
 
 def cost_analysis(fn: Callable, *example_args: Any) -> dict[str, float]:
-    """Return XLA's cost estimate for compiled `fn` on the default device.
+    """Return XLA's cost estimate for compiled ``fn`` on the default device.
 
     Args:
       fn: a pure function of arrays.
-      *example_args: arrays or `jax.ShapeDtypeStruct`s fixing shapes and dtypes.
+      *example_args: arrays or ``jax.ShapeDtypeStruct``s fixing shapes and dtypes.
 
     Returns:
       A plain dict of floats. "flops" (an (m, k) @ (k, n) matmul counts 2*m*k*n)

@@ -1,6 +1,6 @@
 """Arrays, NumPy and devices: where the data lives and when it is copied.
 
-A `jax.Array` is an immutable buffer on one device (or sharded over several).
+A ``jax.Array`` is an immutable buffer on one device (or sharded over several).
 Most of what a PyTorch user reaches for already exists and is documented here
 rather than wrapped:
 
@@ -10,9 +10,9 @@ rather than wrapped:
     jax.device_get(tree)         # pytree of arrays -> pytree of NumPy arrays
     x.block_until_ready()        # JAX dispatches asynchronously; wait for the result
 
-What is added below makes the copy-or-share question explicit: `to_numpy`,
-`shares_memory`, `list_devices`, `to_device`, and DLPack exchange with PyTorch
-(`to_torch`, `from_torch`).
+What is added below makes the copy-or-share question explicit: ``to_numpy``,
+``shares_memory``, ``list_devices``, ``to_device``, and DLPack exchange with PyTorch
+(``to_torch``, ``from_torch``).
 """
 
 from __future__ import annotations
@@ -24,15 +24,15 @@ import numpy as np
 
 
 def to_numpy(x: jax.Array) -> np.ndarray:
-    """Return `x` as a NumPy array, without a copy where JAX allows it.
+    """Return ``x`` as a NumPy array, without a copy where JAX allows it.
 
     On the CPU backend the result is a read-only view of the JAX buffer (JAX
-    arrays are immutable, so NumPy may not write into them); `shares_memory`
+    arrays are immutable, so NumPy may not write into them); ``shares_memory``
     tells. On GPU/TPU this copies device memory to the host, waiting for any
-    pending computation. For a writable array use `np.array(x)`, which copies.
+    pending computation. For a writable array use ``np.array(x)``, which copies.
 
     Args:
-      x: a JAX array (NumPy arrays and Python scalars pass through `np.asarray`).
+      x: a JAX array (NumPy arrays and Python scalars pass through ``np.asarray``).
 
     Returns:
       A NumPy array with the same shape and dtype.
@@ -44,15 +44,15 @@ def to_numpy(x: jax.Array) -> np.ndarray:
 
 
 def shares_memory(view: np.ndarray, array: jax.Array) -> bool:
-    """Tell whether the NumPy array `view` points into the memory of the JAX array `array`.
+    """Tell whether the NumPy array ``view`` points into the memory of the JAX array ``array``.
 
     Args:
-      view: a NumPy array, e.g. from `to_numpy(array)`.
+      view: a NumPy array, e.g. from ``to_numpy(array)``.
       array: a JAX array on a single device.
 
     Returns:
       True when the two overlap in memory (writing to one would change the
-      other), False when `view` is a copy.
+      other), False when ``view`` is a copy.
     """
     if not isinstance(view, np.ndarray):
         raise TypeError(f"view must be a numpy.ndarray, got {type(view).__name__}")
@@ -68,11 +68,11 @@ def shares_memory(view: np.ndarray, array: jax.Array) -> bool:
 def list_devices() -> list[jax.Device]:
     """Return the devices of every available backend, default backend first.
 
-    `jax.devices()` lists only the default backend (the GPUs when there are
+    ``jax.devices()`` lists only the default backend (the GPUs when there are
     any); this adds the CPU so that a listing shows every place data can live.
 
     Returns:
-      `jax.Device`s; `d.platform` is "cpu", "gpu" or "tpu", `d.id` its index.
+      ``jax.Device``s; ``d.platform`` is "cpu", "gpu" or "tpu", ``d.id`` its index.
     """
     found = list(jax.devices())
     if found[0].platform != "cpu":
@@ -81,11 +81,11 @@ def list_devices() -> list[jax.Device]:
 
 
 def to_device(x: Any, device: jax.Device | str) -> Any:
-    """Copy an array (or pytree of arrays) to `device`; a thin, explicit `jax.device_put`.
+    """Copy an array (or pytree of arrays) to ``device``; a thin, explicit ``jax.device_put``.
 
     Args:
       x: array or pytree of arrays (NumPy or JAX).
-      device: a `jax.Device`, or a string "cpu", "gpu", "tpu", optionally with an
+      device: a ``jax.Device``, or a string "cpu", "gpu", "tpu", optionally with an
         index: "gpu:1". A bare platform means its first device.
 
     Returns:
@@ -117,7 +117,7 @@ def to_torch(x: jax.Array):
       x: a JAX array.
 
     Returns:
-      A `torch.Tensor` on the matching device (CPU tensor for a CPU array).
+      A ``torch.Tensor`` on the matching device (CPU tensor for a CPU array).
     """
     torch = _import_torch()
     return torch.from_dlpack(x)
@@ -130,10 +130,10 @@ def from_torch(tensor) -> jax.Array:
     otherwise (e.g. a slice with an offset) JAX copies.
 
     Args:
-      tensor: a `torch.Tensor` on CPU or GPU, not requiring grad.
+      tensor: a ``torch.Tensor`` on CPU or GPU, not requiring grad.
 
     Returns:
-      A `jax.Array` on the matching device.
+      A ``jax.Array`` on the matching device.
     """
     _import_torch()
     if tensor.requires_grad:
