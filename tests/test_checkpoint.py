@@ -1,0 +1,214 @@
+"""Checkpoints: round trip, keep-last-K, refusals, and runs killed mid-epoch and mid-save."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+import fnlearn
+from fnlearn import nn, optim
+from fnlearn.checkpoint import (
+    CheckpointError,
+    latest_checkpoint,
+    restore_checkpoint,
+    save_checkpoint,
+)
+from fnlearn.train import History
+
+ROOT = Path(__file__).resolve().parents[1]
+TESTS = Path(__file__).resolve().parent
+ENV = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"}
+
+
+def small_state(hidden: int = 8, seed: int = 0):
+    model = nn.serial(nn.Dense(hidden, "relu"), nn.Dense(3, "softmax"))
+    return fnlearn.init_state(model, optim.keras_adam(), (4,), seed=seed)
+
+
+def leaves_equal(a, b) -> bool:
+    return all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b),
+                                                    strict=True))
+
+
+def committed(directory: Path) -> list[int]:
+    """Committed checkpoint epochs, read from the directory listing (no Orbax import)."""
+    return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit()) \
+        if directory.is_dir() else []
+
+
+def test_round_trip_restores_state_history_and_metadata(tmp_path):
+    state = small_state()._replace(epoch=np.int32(2), step=np.int32(30))
+    history = History({"loss": [0.9, 0.5]}, [0, 1], [1.0, 0.1])
+    path = save_checkpoint(tmp_path, state, history, metadata={"best": 0.5})
+    assert path == tmp_path / "2" and latest_checkpoint(tmp_path) == path
+
+    restored, restored_history, metadata = restore_checkpoint(tmp_path, small_state(seed=1))
+    assert isinstance(restored, fnlearn.TrainState)
+    assert leaves_equal(restored, state)
+    assert restored_history == history
+    assert metadata == {"best": 0.5}
+
+
+def test_keeps_the_last_k_and_restores_any_kept_epoch(tmp_path):
+    state = small_state()
+    for epoch in range(1, 6):
+        save_checkpoint(tmp_path, state._replace(epoch=np.int32(epoch)), keep=2)
+    assert committed(tmp_path) == [4, 5]
+    assert int(restore_checkpoint(tmp_path, state, step=4)[0].epoch) == 4
+    with pytest.raises(CheckpointError, match=r"no checkpoint for epoch 2 .* available: \[4, 5\]"):
+        restore_checkpoint(tmp_path, state, step=2)
+
+
+def test_no_checkpoint_is_reported(tmp_path):
+    assert latest_checkpoint(tmp_path / "absent") is None
+    with pytest.raises(CheckpointError, match="no checkpoint found in .*absent"):
+        restore_checkpoint(tmp_path / "absent", small_state())
+
+
+def test_saving_an_epoch_twice_is_refused(tmp_path):
+    save_checkpoint(tmp_path, small_state())
+    with pytest.raises(CheckpointError, match="already exists: a checkpoint for epoch 0"):
+        save_checkpoint(tmp_path, small_state())
+
+
+def test_checkpoint_from_a_different_model_is_refused_naming_the_leaves(tmp_path):
+    save_checkpoint(tmp_path, small_state(hidden=8))
+    with pytest.raises(CheckpointError, match=r"different model or optimizer structure") as error:
+        restore_checkpoint(tmp_path, small_state(hidden=16))
+    assert r".params['dense_0']['kernel']: checkpoint has (4, 8) float32, model expects (4, 16)" \
+        in str(error.value)
+
+    other = fnlearn.init_state(nn.serial(nn.Dense(8, "relu"), nn.Dense(8), nn.Dense(3)),
+                               optim.keras_adam(), (4,))
+    with pytest.raises(CheckpointError, match=r"missing from the checkpoint: .params\['dense_2'\]"):
+        restore_checkpoint(tmp_path, other)
+
+
+def _data_files(checkpoint: Path) -> list[Path]:
+    return sorted(p for p in (checkpoint / "state").rglob("*")
+                  if p.is_file() and p.parent.name == "d")
+
+
+def test_truncated_checkpoint_fails_naming_its_path(tmp_path):
+    path = save_checkpoint(tmp_path, small_state())
+    for file in _data_files(path):
+        file.write_bytes(file.read_bytes()[: file.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match=f"checkpoint {path} is corrupt or truncated"):
+        restore_checkpoint(tmp_path, small_state())
+
+
+def test_flipped_bytes_fail_the_digest_check(tmp_path):
+    state = small_state()
+    path = save_checkpoint(tmp_path, state)
+    # Zero the middle of the largest array file; the format may still parse it.
+    largest = max(_data_files(path), key=lambda p: p.stat().st_size)
+    data = bytearray(largest.read_bytes())
+    middle = len(data) // 2
+    data[middle: middle + 16] = bytes(16)
+    largest.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=f"checkpoint {path} is corrupt"):
+        restore_checkpoint(tmp_path, state)
+
+
+def test_corrupt_metadata_fails_naming_its_path(tmp_path):
+    path = save_checkpoint(tmp_path, small_state())
+    (path / "meta" / "metadata").write_text('{"format": "fnlearn-checkp')
+    with pytest.raises(CheckpointError, match=f"checkpoint {path} is corrupt or truncated: "
+                                              "cannot read its metadata"):
+        restore_checkpoint(tmp_path, small_state())
+
+
+def _run_worker(*args: str, timeout: float = 180) -> str:
+    done = subprocess.run([sys.executable, str(TESTS / "resume_worker.py"), *args], env=ENV,
+                          capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+def test_run_killed_at_a_random_point_resumes_bit_identically(tmp_path):
+    epochs = "8"
+    _run_worker(str(tmp_path / "full"), str(tmp_path / "full.npz"), "--epochs", epochs)
+
+    seed = random.randrange(2**32)
+    delay = random.Random(seed).uniform(0.0, 1.5)
+    killed_dir, killed_out = tmp_path / "killed", tmp_path / "killed.npz"
+    worker = subprocess.Popen(
+        [sys.executable, str(TESTS / "resume_worker.py"), str(killed_dir), str(killed_out),
+         "--epochs", epochs, "--epoch-sleep", "0.3"],
+        env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not committed(killed_dir) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert committed(killed_dir), "the worker saved no checkpoint in 120 s"
+        time.sleep(delay)
+        worker.send_signal(signal.SIGKILL)
+        assert worker.wait(timeout=30) == -signal.SIGKILL
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()
+    at_kill = committed(killed_dir)
+    assert not killed_out.exists() and at_kill[-1] < int(epochs), "killed too late to resume"
+
+    log = _run_worker(str(killed_dir), str(killed_out), "--epochs", epochs, "--resume")
+    assert f"resuming from {killed_dir / str(at_kill[-1])}" in log
+
+    full, resumed = np.load(tmp_path / "full.npz"), np.load(killed_out)
+    assert sorted(full) == sorted(resumed)
+    equal = [name for name in full if np.array_equal(full[name], resumed[name])]
+    print(f"\nkilled {delay:.2f}s after the first checkpoint (seed {seed}); checkpoints at kill: "
+          f"{at_kill}; resumed from epoch {at_kill[-1]} to {epochs}; "
+          f"{len(equal)}/{len(full)} leaves of the final TrainState bit-identical to the "
+          "uninterrupted run")
+    assert len(equal) == len(full)
+
+
+def test_process_killed_mid_save_leaves_the_previous_checkpoint_intact(tmp_path):
+    sys.path.insert(0, str(TESTS))
+    from save_worker import state_of
+
+    template = state_of(0)
+    rng = random.Random()
+    torn = 0
+    for attempt in range(3):
+        before = committed(tmp_path)
+        worker = subprocess.Popen([sys.executable, str(TESTS / "save_worker.py"), str(tmp_path)],
+                                  env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 120
+            # Wait for a new commit, then kill as soon as the next save's temporary
+            # directory shows up (or at a random moment if none is seen in time).
+            while committed(tmp_path) == before and time.monotonic() < deadline:
+                time.sleep(0.005)
+            stop = time.monotonic() + rng.uniform(0.2, 1.0)
+            while time.monotonic() < stop:
+                if any("tmp" in p.name for p in tmp_path.iterdir()):
+                    break
+                time.sleep(0.001)
+            in_save = any("tmp" in p.name for p in tmp_path.iterdir())
+            worker.send_signal(signal.SIGKILL)
+            worker.wait(timeout=30)
+        finally:
+            if worker.poll() is None:
+                worker.kill()
+                worker.wait()
+        torn += in_save
+        latest = latest_checkpoint(tmp_path)
+        assert latest is not None and "tmp" not in latest.name
+        state, history, _ = restore_checkpoint(tmp_path, template)
+        epoch = int(latest.name)
+        assert all(np.all(leaf == epoch) for leaf in jax.tree.leaves(state)), \
+            f"attempt {attempt}: checkpoint {latest} is not entirely epoch {epoch}"
+        assert history.history["loss"] == [float(epoch)]
+    print(f"\n3 kills, {torn} while a save's temporary directory existed; "
+          "the latest committed checkpoint restored whole each time")
