@@ -420,8 +420,8 @@ def params_to_torch(params: Params, module) -> dict[str, Any]:
         _check_shape(f"{name}/kernel transposed -> {prefix}.weight", kernel.T.shape,
                      state[f"{prefix}.weight"].shape)
         _check_shape(f"{name}/bias -> {prefix}.bias", bias.shape, state[f"{prefix}.bias"].shape)
-        converted[f"{prefix}.weight"] = torch.from_numpy(np.ascontiguousarray(kernel.T))
-        converted[f"{prefix}.bias"] = torch.from_numpy(bias.copy())
+        converted[f"{prefix}.weight"] = torch.from_numpy(np.array(kernel.T, np.float32, order="C"))
+        converted[f"{prefix}.bias"] = torch.from_numpy(np.array(bias, np.float32))
     return converted
 
 

@@ -1,0 +1,84 @@
+"""Live parity checks against PyTorch and TensorFlow/Keras: framework fixtures and a record.
+
+Without the parity extra the checks are skipped with a one-line reason. With
+``FNLEARN_REQUIRE_PARITY=1`` (CI sets it) a missing framework is a failure instead, so a
+broken install cannot pass as "all skipped".
+
+Every check records its worst measured error with ``record``; the terminal summary lists
+them, which is where the numbers in docs/parity.md come from.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+
+import pytest
+
+# Before TensorFlow is imported anywhere: its C++ logging is otherwise a page per run, and
+# Keras must run on TensorFlow here (GradientTape, TF kernels), whatever the user's default.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ["KERAS_BACKEND"] = "tensorflow"
+
+_MEASURED: list[tuple[str, str]] = []
+
+
+def _require(module_name: str):
+    try:
+        return importlib.import_module(module_name)
+    except ImportError as error:
+        reason = f"{module_name} is not importable ({error}); pip install -e '.[parity]'"
+        if os.environ.get("FNLEARN_REQUIRE_PARITY") == "1":
+            pytest.fail(f"FNLEARN_REQUIRE_PARITY=1 but {reason}", pytrace=False)
+        pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def torch():
+    """The ``torch`` module, with CPU threads fixed so results repeat run to run."""
+    module = _require("torch")
+    module.set_num_threads(1)
+    return module
+
+
+@pytest.fixture(scope="session")
+def tf():
+    """The ``tensorflow`` module."""
+    return _require("tensorflow")
+
+
+@pytest.fixture(scope="session")
+def keras(tf):
+    """The ``keras`` module (Keras 3 on the TensorFlow backend)."""
+    module = _require("keras")
+    if module.backend.backend() != "tensorflow":
+        pytest.fail(f"Keras runs on {module.backend.backend()!r}; the parity checks need "
+                    "KERAS_BACKEND=tensorflow set before keras is first imported",
+                    pytrace=False)
+    return module
+
+
+@pytest.fixture
+def record(request):
+    """``record(what, value)``: notes a measured number for the end-of-run summary."""
+
+    def note(what: str, value) -> None:
+        _MEASURED.append((f"{request.node.name}: {what}", str(value)))
+
+    return note
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _MEASURED:
+        terminalreporter.section("parity: measured worst errors")
+        for what, value in _MEASURED:
+            terminalreporter.write_line(f"{what}: {value}")
+
+
+@pytest.fixture(scope="session")
+def mnist_subset():
+    """The first 2048 images of fnlearn's MNIST sample as ``x / 255.0`` float32, and labels."""
+    from fnlearn import data
+
+    (images, labels), _ = data.load_mnist(source="sample")
+    return (images[:2048] / 255.0).astype("float32"), labels[:2048]
