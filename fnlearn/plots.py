@@ -25,7 +25,8 @@ def confusion_matrix(labels: np.ndarray, predicted: np.ndarray, num_classes: int
     """Counts ``[true, predicted]`` over all examples, shape ``(num_classes, num_classes)``."""
     labels, predicted = np.asarray(labels).reshape(-1), np.asarray(predicted).reshape(-1)
     if labels.shape != predicted.shape:
-        raise ValueError(f"labels {labels.shape} and predictions {predicted.shape} differ in length")
+        raise ValueError(
+            f"labels {labels.shape} and predictions {predicted.shape} differ in length")
     matrix = np.zeros((num_classes, num_classes), np.int64)
     np.add.at(matrix, (labels, predicted), 1)
     return matrix

@@ -98,8 +98,8 @@ def _as_host_array(name: str, value) -> np.ndarray:
     if array.ndim == 0:
         raise ValueError(f"{name} must have a leading example axis, got a scalar")
     if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
-        bad = np.argwhere(~np.isfinite(array))[0]
-        raise ValueError(f"{name} contains NaN or inf (first at index {tuple(int(i) for i in bad)})")
+        bad = tuple(int(i) for i in np.argwhere(~np.isfinite(array))[0])
+        raise ValueError(f"{name} contains NaN or inf (first at index {bad})")
     return array
 
 

@@ -1,0 +1,61 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from fnlearn import losses
+
+
+def test_sparse_crossentropy_from_logits_is_negative_log_softmax_and_stable():
+    logits = jnp.array([[2.0, 1.0, 0.1], [1000.0, 0.0, -1000.0]])
+    labels = jnp.array([0, 2])
+    values = np.asarray(losses.sparse_categorical_crossentropy(labels, logits, from_logits=True))
+    expected0 = -np.log(np.exp(2.0) / np.exp([2.0, 1.0, 0.1]).sum())
+    assert values[0] == pytest.approx(expected0, rel=1e-6)
+    assert values[1] == pytest.approx(2000.0, rel=1e-6)
+
+
+def test_sparse_crossentropy_on_probabilities_follows_keras_clipping():
+    probs = jnp.array([[0.0, 1.0], [0.25, 0.75]])
+    values = np.asarray(losses.sparse_categorical_crossentropy(jnp.array([0, 1]), probs))
+    # Keras: clip to [1e-7, 1 - 1e-7], log, then log_softmax renormalizes.
+    clipped = np.clip(np.array([[0.0, 1.0]]), 1e-7, 1 - 1e-7)
+    expected0 = -np.log(clipped[0, 0] / clipped.sum())
+    assert values[0] == pytest.approx(expected0, rel=1e-5)
+    assert values[0] == pytest.approx(16.118, abs=1e-3)
+    assert values[1] == pytest.approx(-np.log(0.75), rel=1e-6)
+
+
+def test_sparse_crossentropy_gradient_matches_softmax_minus_onehot():
+    logits = jnp.array([[0.5, -1.0, 2.0]])
+    grad = jax.grad(lambda z: losses.sparse_categorical_crossentropy(
+        jnp.array([1]), z, from_logits=True).sum())(logits)
+    expected = np.asarray(jax.nn.softmax(logits)) - np.array([[0, 1, 0]])
+    np.testing.assert_allclose(grad, expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("labels, message", [
+    (np.array([0, 3]), r"labels must be in \[0, 3\) for 3 classes; found 3 at index 1"),
+    (np.array([-1, 0]), r"found -1 at index 0"),
+    (np.array([0.0, 1.0]), "needs integer class labels, got dtype float64"),
+    (np.array([0, 1, 2]), r"labels shape \(3,\) does not match predictions shape \(2, 3\)"),
+])
+def test_bad_sparse_labels_are_refused_on_the_host(labels, message):
+    with pytest.raises(ValueError, match=message):
+        losses.sparse_categorical_crossentropy(labels, jnp.ones((2, 3)) / 3)
+
+
+def test_mean_squared_error_is_per_example_and_refuses_broadcasting():
+    targets = jnp.array([[1.0, 2.0], [3.0, 5.0]])
+    preds = jnp.array([[1.0, 0.0], [3.0, 4.0]])
+    np.testing.assert_allclose(losses.mean_squared_error(targets, preds), [2.0, 0.5])
+    with pytest.raises(ValueError, match=r"targets shape \(2,\) != predictions shape \(2, 1\)"):
+        losses.mean_squared_error(jnp.ones(2), jnp.ones((2, 1)))
+
+
+def test_accuracy_and_metric_lookup():
+    preds = jnp.array([[0.1, 0.9], [0.8, 0.2], [0.3, 0.7]])
+    np.testing.assert_array_equal(losses.accuracy(jnp.array([1, 1, 1]), preds), [1, 0, 1])
+    assert losses.get_metric("accuracy")[1] is losses.accuracy
+    with pytest.raises(ValueError, match="unknown metric 'acc_top5'"):
+        losses.get_metric("acc_top5")

@@ -1,0 +1,33 @@
+"""The MNIST experiment: on the shipped sample always, on the full data when it is there."""
+
+import os
+
+import pytest
+
+from experiments import mnist
+
+
+def test_trains_on_the_shipped_sample_and_writes_the_pictures(tmp_path, capsys):
+    result = mnist.main(["--source", "sample", "--epochs", "2", "--out", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert "MNIST from sample: 6000 train, 1000 test images" in out
+    assert "Epoch 2/2" in out and "188/188 - " in out and "val_accuracy: " in out
+    # Chance is 10%; two epochs on 6000 digits reach about 92%.
+    assert result["test_accuracy"] > 0.85
+    assert f"Test accuracy: {result['test_accuracy'] * 100:.2f}%" in out
+    for name in ("training_curves.png", "confusion_matrix.png", "misclassified.png"):
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+FULL_DATA = os.environ.get("FNLEARN_DATA_DIR")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not FULL_DATA, reason="FNLEARN_DATA_DIR does not point at the full MNIST")
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_article_recipe_reaches_97_5_percent_on_the_full_data(seed, capsys):
+    result = mnist.main(["--seed", str(seed), "--no-plots"])
+    assert result["source"] == "idx"
+    assert len(result["history"].epoch) == 5
+    print(capsys.readouterr().out)
+    assert result["test_accuracy"] >= 0.975

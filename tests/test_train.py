@@ -1,0 +1,178 @@
+from functools import partial
+
+import jax
+import numpy as np
+import pytest
+
+import fnlearn as fl
+from fnlearn import nn, train
+
+
+def blobs(n=1000, seed=0):
+    """Three separable Gaussian blobs in 8 dimensions (the same blobs for every seed)."""
+    centers = np.random.default_rng(0).normal(size=(3, 8)) * 3
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 3, n).astype(np.int32)
+    x = (centers[y] + rng.normal(size=(n, 8))).astype(np.float32)
+    return x, y
+
+
+def mlp():
+    return nn.serial(nn.Dense(32, activation="relu"), nn.Dropout(0.1),
+                     nn.Dense(3, activation="softmax"))
+
+
+LOSS = fl.losses.sparse_categorical_crossentropy
+
+
+def test_fit_learns_and_reports_keras_history():
+    x, y = blobs()
+    state, history = fl.fit(mlp(), x, y, loss=LOSS, optimizer=fl.optim.keras_adam(1e-2),
+                            metrics=["accuracy"], epochs=5, batch_size=64,
+                            validation_data=blobs(300, seed=1), verbose=0)
+    assert set(history.history) == {"loss", "accuracy", "val_loss", "val_accuracy"}
+    assert history.epoch == [0, 1, 2, 3, 4]
+    assert history.history["val_accuracy"][-1] > 0.95
+    assert history.history["loss"][-1] < history.history["loss"][0]
+    assert int(state.step) == 5 * 16 and int(state.epoch) == 5
+
+
+def test_one_compilation_per_shape_not_per_epoch():
+    # 1000 examples in batches of 64: 15 full batches and a partial one of 40.
+    x, y = blobs()
+    model, optimizer = mlp(), fl.optim.keras_adam()
+    compiled = train._compiled_train_epochs
+    before = compiled._cache_size()
+    fl.fit(model, x, y, loss=LOSS, optimizer=optimizer, epochs=1, batch_size=64, verbose=2)
+    after_one_epoch = compiled._cache_size()
+    fl.fit(model, x, y, loss=LOSS, optimizer=optimizer, epochs=4, batch_size=64, verbose=2)
+    assert after_one_epoch - before == 1
+    assert compiled._cache_size() == after_one_epoch, "later epochs must reuse the compiled epoch"
+    fl.fit(model, x[:500], y[:500], loss=LOSS, optimizer=optimizer, epochs=1, batch_size=64,
+           verbose=2)
+    assert compiled._cache_size() == after_one_epoch + 1, "a new data shape compiles once more"
+
+
+def test_whole_run_is_one_call_when_the_host_has_nothing_to_do(monkeypatch):
+    calls = []
+    compiled = train._compiled_train_epochs
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs["num_epochs"])
+        return compiled(*args, **kwargs)
+
+    monkeypatch.setattr(train, "_compiled_train_epochs", spy)
+    x, y = blobs(200)
+    fl.fit(mlp(), x, y, loss=LOSS, optimizer=fl.optim.keras_adam(), epochs=7, verbose=0)
+    assert calls == [7]
+    calls.clear()
+    fl.fit(mlp(), x, y, loss=LOSS, optimizer=fl.optim.keras_adam(), epochs=3, verbose=2)
+    assert calls == [1, 1, 1]
+
+
+def test_partial_last_batch_counts_every_example_exactly_once():
+    # With a zero learning rate the epoch's loss must be the plain mean over all
+    # 1000 examples: a dropped or doubled example in the padded last batch would show.
+    x, y = blobs()
+    model = nn.serial(nn.Dense(3, activation="softmax"))
+    state, history = fl.fit(model, x, y, loss=LOSS, optimizer=fl.optim.torch_sgd(0.0),
+                            metrics=["accuracy"], epochs=1, batch_size=64, verbose=0)
+    probs = fl.predict(model, state.params, x)
+    expected_loss = float(np.mean(np.asarray(LOSS(y, probs), np.float64)))
+    expected_acc = float(np.mean(probs.argmax(-1) == y))
+    assert history.history["loss"][0] == pytest.approx(expected_loss, rel=1e-6)
+    assert history.history["accuracy"][0] == pytest.approx(expected_acc, abs=1e-7)
+    assert int(state.step) == 16
+
+
+def test_same_seed_gives_bit_identical_parameters():
+    x, y = blobs()
+
+    def run(seed):
+        state, _ = fl.fit(mlp(), x, y, loss=LOSS, optimizer=fl.optim.keras_adam(),
+                          epochs=2, batch_size=50, seed=seed, verbose=0)
+        return jax.tree.leaves(jax.device_get(state.params))
+
+    first, again, other = run(3), run(3), run(4)
+    assert all(np.array_equal(a, b) for a, b in zip(first, again))
+    assert not all(np.array_equal(a, b) for a, b in zip(first, other))
+
+
+def test_per_epoch_calls_and_one_call_give_identical_results():
+    x, y = blobs(300)
+    kwargs = dict(loss=LOSS, optimizer=fl.optim.keras_adam(), epochs=3, batch_size=32, seed=1)
+    silent, h0 = fl.fit(mlp(), x, y, verbose=0, **kwargs)
+    chatty, h2 = fl.fit(mlp(), x, y, verbose=2, **kwargs)
+    for a, b in zip(jax.tree.leaves(silent.params), jax.tree.leaves(chatty.params)):
+        np.testing.assert_array_equal(a, b)
+    assert h0.history["loss"] == h2.history["loss"]
+
+
+def test_full_batch_training_with_batch_size_none():
+    x = np.linspace(0, 1, 50, dtype=np.float32)[:, None]
+    y = 2 * x + 1
+    state, history = fl.fit(nn.serial(nn.Dense(1)), x, y, loss="mse",
+                            optimizer=fl.optim.torch_sgd(0.5), epochs=500, batch_size=None,
+                            shuffle=False, verbose=0)
+    assert int(state.step) == 500
+    assert float(state.params["dense_0"]["kernel"][0, 0]) == pytest.approx(2.0, abs=1e-3)
+    assert history.history["loss"][-1] < 1e-6
+
+
+def test_verbose_1_shows_a_live_progress_bar_and_verbose_2_keras_lines(capsys):
+    x, y = blobs(640)
+    fl.fit(mlp(), x, y, loss=LOSS, optimizer=fl.optim.keras_adam(), metrics=["accuracy"],
+           epochs=1, batch_size=32, verbose=1, progress_every=5)
+    err = capsys.readouterr().err
+    assert "20/20" in err and "loss" in err and "accuracy" in err
+    fl.fit(mlp(), x, y, loss=LOSS, optimizer=fl.optim.keras_adam(), metrics=["accuracy"],
+           epochs=2, batch_size=32, verbose=2)
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "Epoch 1/2" and out[2] == "Epoch 2/2"
+    assert out[1].startswith("20/20 - ") and " - loss: " in out[1] and " - accuracy: " in out[1]
+
+
+def test_nan_loss_stops_training_naming_epoch_and_step():
+    x, y = blobs(256)
+    x[200] = 3e38  # overflows to inf in the first layer, in the 4th batch of 64
+    with pytest.raises(fl.NonFiniteLossError, match=r"epoch 1, step 4 of 4"):
+        fl.fit(nn.serial(nn.Dense(3, activation="softmax")), x, y,
+               loss=partial(LOSS, from_logits=False), optimizer=fl.optim.keras_adam(),
+               epochs=2, batch_size=64, shuffle=False, verbose=0)
+
+
+def test_evaluate_and_predict_match_a_direct_computation():
+    x, y = blobs(2500)
+    model = mlp()
+    params = nn.init(model, 0, (8,))
+    probs = np.asarray(model.apply(params, x))
+    np.testing.assert_allclose(fl.predict(model, params, x, batch_size=1000), probs, rtol=1e-6)
+    result = fl.evaluate(model, params, x, y, loss=LOSS, metrics=["accuracy"], batch_size=1000)
+    assert result["loss"] == pytest.approx(float(np.mean(LOSS(y, probs))), rel=1e-5)
+    assert result["accuracy"] == pytest.approx(float(np.mean(probs.argmax(-1) == y)))
+
+
+@pytest.mark.parametrize("change, error, message", [
+    (dict(batch_size=0), ValueError, "batch_size must be a positive int or None, got 0"),
+    (dict(batch_size=5000), ValueError, "batch_size 5000 is larger than the 1000 training"),
+    (dict(y=np.zeros(999, np.int32)), ValueError, "x has 1000 examples but its labels have 999"),
+    (dict(x=np.zeros((0, 8), np.float32), y=np.zeros(0, np.int32)), ValueError, "x is empty"),
+    (dict(x=np.full((1000, 8), np.nan, np.float32)), ValueError, r"x contains NaN or inf"),
+    (dict(x=np.array([["a"] * 8] * 1000)), TypeError, "x must be a numeric array, got dtype <U1"),
+    (dict(y=np.full(1000, 3, np.int32)), ValueError, r"labels must be in \[0, 3\)"),
+    (dict(epochs=-1), ValueError, "epochs must be a non-negative int"),
+])
+def test_bad_arguments_are_refused_before_compiling(change, error, message):
+    x, y = blobs()
+    kwargs = dict(x=x, y=y, loss=LOSS, optimizer=fl.optim.keras_adam(), verbose=0)
+    kwargs.update(change)
+    with pytest.raises(error, match=message):
+        fl.fit(mlp(), **kwargs)
+
+
+def test_wrong_input_shape_for_given_parameters_names_the_shapes():
+    x, y = blobs()
+    params = nn.init(mlp(), 0, (5,))
+    with pytest.raises(ValueError, match=r"per-example shape \(8,\)"):
+        fl.fit(mlp(), x, y, loss=LOSS, optimizer=fl.optim.keras_adam(), initial_params=params,
+               verbose=0)
