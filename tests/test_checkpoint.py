@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -98,6 +99,7 @@ def _data_files(checkpoint: Path) -> list[Path]:
                   if p.is_file() and p.parent.name == "d")
 
 
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_truncated_checkpoint_fails_naming_its_path(tmp_path):
     path = save_checkpoint(tmp_path, small_state())
     for file in _data_files(path):
@@ -106,17 +108,31 @@ def test_truncated_checkpoint_fails_naming_its_path(tmp_path):
         restore_checkpoint(tmp_path, small_state())
 
 
-def test_flipped_bytes_fail_the_digest_check(tmp_path):
+# Orbax's reader may leave an asyncio callback behind after a failed read; harmless.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_flipped_bytes_fail_naming_the_path(tmp_path):
     state = small_state()
     path = save_checkpoint(tmp_path, state)
-    # Zero the middle of the largest array file; the format may still parse it.
-    largest = max(_data_files(path), key=lambda p: p.stat().st_size)
-    data = bytearray(largest.read_bytes())
-    middle = len(data) // 2
-    data[middle: middle + 16] = bytes(16)
-    largest.write_bytes(bytes(data))
+    for file in _data_files(path):
+        data = bytearray(file.read_bytes())
+        middle = len(data) // 2
+        data[middle: middle + 16] = bytes(16)
+        file.write_bytes(bytes(data))
     with pytest.raises(CheckpointError, match=f"checkpoint {path} is corrupt"):
         restore_checkpoint(tmp_path, state)
+
+
+def test_arrays_not_matching_their_digest_are_refused(tmp_path):
+    # Stands in for damage the array format itself cannot see: the digest saved with
+    # the arrays no longer matches them.
+    path = save_checkpoint(tmp_path, small_state())
+    meta_file = path / "meta" / "metadata"
+    meta = json.loads(meta_file.read_text())
+    meta["digest"] = "0" * 64
+    meta_file.write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match=f"checkpoint {path} is corrupt: its arrays do not "
+                                              "match the digest"):
+        restore_checkpoint(tmp_path, small_state())
 
 
 def test_corrupt_metadata_fails_naming_its_path(tmp_path):
