@@ -326,6 +326,18 @@ def test_make_mesh_is_one_auto_axis():
     assert mesh.devices.size == jax.device_count()
 
 
+def test_accelerator_check_reports_device_time_and_accuracy(tmp_path):
+    from experiments import accelerator_check
+
+    out = tmp_path / "check.json"
+    accelerator_check.main(["--tests", "--epochs", "1", "--source", "sample", "--out", str(out)])
+    report = json.loads(out.read_text())
+    assert report["device_count"] >= 1 and report["device_kind"]
+    assert "tests" not in report
+    assert report["mnist"]["fit_s"] > 0
+    assert report["mnist"]["test_accuracy"] > 0.8
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "single":
         print(json.dumps(_single_host_worker()))
