@@ -1,0 +1,172 @@
+"""Export a trained model's inference function for serving without the model's Python code.
+
+``export_model`` traces ``model.apply`` with the parameters baked in as constants
+and serializes it with ``jax.export``: StableHLO plus its calling convention, for
+a symbolic batch size ``b``, so one file serves any batch size. The file is a zip
+archive of two members, ``model.jaxexport`` (the bytes of ``Exported.serialize()``)
+and ``meta.json``; the zip's CRC-32 per member is why: a flipped byte inside the
+serialized module can still deserialize and silently change a weight, and the
+CRC refuses it instead. Any JAX installation can load it::
+
+    exported = jax.export.deserialize(zipfile.ZipFile(path).read("model.jaxexport"))
+    outputs = exported.call(inputs)
+
+``load_exported`` does that and checks its inputs first. ``export_saved_model``
+converts the same function to a TensorFlow SavedModel (``jax2tf``) for TF Serving.
+"""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from fnlearn.nn import Layer
+
+FORMAT = "fnlearn-export"
+MODULE_MEMBER = "model.jaxexport"
+META_MEMBER = "meta.json"
+
+
+class ExportError(ValueError):
+    """An export file is corrupt, truncated or not an fnlearn export."""
+
+
+def _inference_function(model: Layer, params) -> Callable:
+    params = jax.tree.map(np.asarray, params)
+    return lambda x: model.apply(params, x)
+
+
+def _batch_polymorphic_spec(input_shape: Sequence[int], dtype) -> jax.ShapeDtypeStruct:
+    dims = ", ".join(["b", *(str(int(d)) for d in input_shape)])
+    return jax.ShapeDtypeStruct(jax.export.symbolic_shape(dims), np.dtype(dtype))
+
+
+def export_model(model: Layer, params, input_shape: Sequence[int], dtype, path: str | Path, *,
+                 platforms: Sequence[str] = ("cpu", "cuda")) -> Path:
+    """Serializes ``model`` with ``params`` baked in to a self-contained file at ``path``.
+
+    Args:
+      model: the model (``fnlearn.nn`` layer).
+      params: its trained parameters.
+      input_shape: per-example input shape (the batch size stays symbolic).
+      dtype: input dtype, e.g. ``np.uint8`` for raw pixels.
+      path: file to write.
+      platforms: platforms the file can run on (lowered for each, no device needed).
+
+    Returns:
+      The path written.
+    """
+    spec = _batch_polymorphic_spec(input_shape, dtype)
+    try:
+        exported = jax.export.export(jax.jit(_inference_function(model, params)),
+                                     platforms=tuple(platforms))(spec)
+    except Exception as error:  # noqa: BLE001 - re-raised with the shapes that caused it
+        raise ValueError(f"cannot export the model for inputs of per-example shape "
+                         f"{tuple(input_shape)} and dtype {np.dtype(dtype)}: {error}") from error
+    meta = {"format": FORMAT, "version": 1, "input_shape": list(map(int, input_shape)),
+            "dtype": str(np.dtype(dtype)), "platforms": list(exported.platforms),
+            "output": str(exported.out_avals[0])}
+    path = Path(path)
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr(MODULE_MEMBER, bytes(exported.serialize()))
+        archive.writestr(META_MEMBER, json.dumps(meta, indent=1))
+    return path
+
+
+def _check_input(x, aval) -> np.ndarray:
+    x = np.asarray(x)
+    want = np.dtype(aval.dtype)
+    if x.dtype == object or not (np.issubdtype(x.dtype, np.number) or x.dtype == np.bool_):
+        raise TypeError(f"inputs must be a numeric array, got dtype {x.dtype}")
+    expected = ("batch", *aval.shape[1:])
+    if x.ndim != len(aval.shape) or tuple(x.shape[1:]) != tuple(aval.shape[1:]):
+        raise ValueError(f"inputs of shape {x.shape} do not fit the exported model, which takes "
+                         f"shape {expected}")
+    if x.shape[0] == 0:
+        raise ValueError("inputs are empty: the batch has no examples")
+    if np.issubdtype(x.dtype, np.floating) and not np.isfinite(x).all():
+        bad = tuple(int(i) for i in np.argwhere(~np.isfinite(x))[0])
+        raise ValueError(f"inputs contain NaN or inf (first at index {bad})")
+    both_float = np.issubdtype(x.dtype, np.floating) and np.issubdtype(want, np.floating)
+    if not (np.can_cast(x.dtype, want, "safe") or both_float):
+        raise TypeError(f"inputs have dtype {x.dtype}; the exported model takes {want} and "
+                        "the conversion could change values")
+    return x.astype(want, copy=False)
+
+
+def _read(path: Path) -> tuple[jax.export.Exported, dict]:
+    try:
+        with zipfile.ZipFile(path) as archive:
+            meta = json.loads(archive.read(META_MEMBER))
+            serialized = archive.read(MODULE_MEMBER)
+    except FileNotFoundError:
+        raise
+    except (zipfile.BadZipFile, KeyError, OSError, ValueError, EOFError) as error:
+        raise ExportError(f"{path} is corrupt, truncated or not an fnlearn export: "
+                          f"{type(error).__name__}: {error}") from error
+    if meta.get("format") != FORMAT:
+        raise ExportError(f"{path} is not an fnlearn export (format {meta.get('format')!r})")
+    try:
+        return jax.export.deserialize(bytearray(serialized)), meta
+    except Exception as error:  # noqa: BLE001
+        raise ExportError(f"{path}: cannot deserialize the exported module: {error}") from error
+
+
+def load_exported(path: str | Path) -> Callable[[np.ndarray], np.ndarray]:
+    """Loads a file written by ``export_model``; returns ``predict(x) -> np.ndarray``.
+
+    The returned function checks ``x`` (rank, per-example shape, dtype, NaN/inf)
+    before running, and accepts any batch size. Its ``exported`` attribute is the
+    ``jax.export.Exported``, ``meta`` the file's metadata.
+
+    Raises:
+      FileNotFoundError: no file at ``path``.
+      ExportError: the file is corrupt, truncated or not an fnlearn export.
+    """
+    path = Path(path)
+    exported, meta = _read(path)
+    aval = exported.in_avals[0]
+
+    def predict(x) -> np.ndarray:
+        return np.asarray(exported.call(_check_input(x, aval)))
+
+    predict.exported, predict.meta = exported, meta
+    return predict
+
+
+def export_saved_model(model: Layer, params, input_shape: Sequence[int], dtype,
+                       directory: str | Path, *,
+                       platforms: Sequence[str] = ("cpu", "cuda")) -> Path:
+    """Writes ``model`` with ``params`` baked in as a TensorFlow SavedModel (for TF Serving).
+
+    The serving signature ``serving_default`` takes ``inputs`` of shape
+    ``(None, *input_shape)`` and returns ``outputs``. Needs TensorFlow.
+
+    Args:
+      model, params, input_shape, dtype, platforms: as for ``export_model``.
+      directory: the SavedModel directory to create.
+
+    Returns:
+      The directory written.
+    """
+    import tensorflow as tf
+    from jax.experimental import jax2tf
+
+    polymorphic = "(b, " + ", ".join(str(int(d)) for d in input_shape) + ")"
+    # Inference only: no gradient function to save, so none to warn about on load.
+    converted = jax2tf.convert(_inference_function(model, params),
+                               polymorphic_shapes=[polymorphic], with_gradient=False,
+                               native_serialization_platforms=tuple(platforms))
+    signature = tf.TensorSpec((None, *map(int, input_shape)), tf.as_dtype(np.dtype(dtype)),
+                              name="inputs")
+    module = tf.Module()
+    module.serve = tf.function(lambda inputs: {"outputs": converted(inputs)}, autograph=False,
+                               input_signature=[signature])
+    tf.saved_model.save(module, str(directory),
+                        signatures={"serving_default": module.serve.get_concrete_function()})
+    return Path(directory)
