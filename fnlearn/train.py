@@ -264,10 +264,19 @@ def init_state(model: Layer, optimizer: optax.GradientTransformation, input_shap
       seed: seeds both the initialization and the run's base key.
       params: start from these parameters instead of initializing.
     """
+    if params is not None:
+        params = jax.tree.map(lambda a: jnp.array(a, copy=True), params)
+    return _compiled_init_state(seed, params, model=model, optimizer=optimizer,
+                                input_shape=tuple(input_shape))
+
+
+@partial(jax.jit, static_argnames=("model", "optimizer", "input_shape"))
+def _compiled_init_state(seed, params, *, model, optimizer, input_shape):
+    # One compiled program instead of a dispatch (and a small compilation) per
+    # random draw and optimizer buffer.
     init_key, run_key = jax.random.split(jax.random.key(seed))
     if params is None:
-        _, params = model.init(init_key, tuple(input_shape))
-    params = jax.tree.map(jnp.asarray, params)
+        _, params = model.init(init_key, input_shape)
     return TrainState(params, optimizer.init(params), jnp.int32(0), jnp.int32(0),
                       jax.random.key_data(run_key))
 
