@@ -1,0 +1,157 @@
+"""Export: a file that runs in a fresh process without the model code, any batch size."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import fnlearn
+from fnlearn import nn
+from fnlearn.export import ExportError, export_model, export_saved_model, load_exported
+from fnlearn.serve import main as serve
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A small MNIST-shaped classifier taking raw uint8 pixels, briefly trained, and its export."""
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, size=(64, 28, 28), dtype=np.uint8)
+    y = rng.integers(0, 10, size=64).astype(np.int32)
+    model = nn.serial(nn.Normalize(0, 255), nn.Flatten(), nn.Dense(16, "relu"),
+                      nn.Dense(10, "softmax"))
+    state, _ = fnlearn.fit(model, x, y, loss="sparse_categorical_crossentropy",
+                           optimizer=fnlearn.optim.keras_adam(), epochs=1, verbose=0)
+    path = export_model(model, state.params, (28, 28), np.uint8,
+                        tmp_path_factory.mktemp("export") / "model.fnx")
+    return model, state.params, path
+
+
+FRESH_PROCESS = textwrap.dedent("""
+    import sys, zipfile
+    import jax, numpy as np
+    exported = jax.export.deserialize(zipfile.ZipFile(sys.argv[1]).read("model.jaxexport"))
+    inputs = np.load(sys.argv[2])
+    np.savez(sys.argv[3], b3=np.asarray(exported.call(inputs[:3])),
+             b50=np.asarray(exported.call(inputs)))
+    assert not any(name.startswith("fnlearn") for name in sys.modules), "model code was imported"
+""")
+
+
+def test_fresh_process_without_model_code_matches_predict_for_two_batch_sizes(trained, tmp_path):
+    model, params, path = trained
+    x = np.random.default_rng(1).integers(0, 256, size=(50, 28, 28), dtype=np.uint8)
+    np.save(tmp_path / "x.npy", x)
+    done = subprocess.run([sys.executable, "-c", FRESH_PROCESS, str(path), str(tmp_path / "x.npy"),
+                           str(tmp_path / "out.npz")], env={**ENV, "PYTHONPATH": ""},
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = np.load(tmp_path / "out.npz")
+    assert np.array_equal(out["b3"], fnlearn.predict(model, params, x[:3]))
+    assert np.array_equal(out["b50"], fnlearn.predict(model, params, x))
+
+
+def test_load_exported_matches_predict_and_takes_any_batch_size(trained):
+    model, params, path = trained
+    predict = load_exported(path)
+    x = np.random.default_rng(2).integers(0, 256, size=(7, 28, 28), dtype=np.uint8)
+    for batch in (1, 7):
+        assert np.array_equal(predict(x[:batch]), fnlearn.predict(model, params, x[:batch]))
+    assert predict.meta["input_shape"] == [28, 28] and predict.meta["dtype"] == "uint8"
+
+
+def test_serve_command_prints_argmax_and_saves_outputs(trained, tmp_path):
+    model, params, path = trained
+    x = np.random.default_rng(3).integers(0, 256, size=(5, 28, 28), dtype=np.uint8)
+    np.save(tmp_path / "x.npy", x)
+    done = subprocess.run([sys.executable, "-m", "fnlearn.serve", str(path),
+                           str(tmp_path / "x.npy"), "--out", str(tmp_path / "out.npy")],
+                          env=ENV, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    expected = fnlearn.predict(model, params, x)
+    assert done.stdout.strip() == "argmax: " + " ".join(map(str, expected.argmax(axis=1)))
+    assert np.array_equal(np.load(tmp_path / "out.npy"), expected)
+
+
+def test_saved_model_round_trip(trained, tmp_path):
+    tf = pytest.importorskip("tensorflow", reason="SavedModel export needs TensorFlow")
+    model, params, _ = trained
+    directory = export_saved_model(model, params, (28, 28), np.uint8, tmp_path / "saved_model")
+    serving = tf.saved_model.load(str(directory)).signatures["serving_default"]
+    x = np.random.default_rng(4).integers(0, 256, size=(6, 28, 28), dtype=np.uint8)
+    for batch in (2, 6):
+        outputs = serving(inputs=tf.constant(x[:batch]))["outputs"].numpy()
+        np.testing.assert_allclose(outputs, fnlearn.predict(model, params, x[:batch]),
+                                   rtol=0, atol=1e-6)
+
+
+def test_truncated_export_fails_naming_the_file(trained, tmp_path):
+    damaged = tmp_path / "truncated.fnx"
+    data = trained[2].read_bytes()
+    damaged.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ExportError, match=f"{damaged} is corrupt, truncated or not an fnlearn"):
+        load_exported(damaged)
+
+
+def test_flipped_bytes_in_an_export_fail_the_crc(trained, tmp_path):
+    damaged = tmp_path / "flipped.fnx"
+    data = bytearray(trained[2].read_bytes())
+    data[len(data) // 2: len(data) // 2 + 8] = bytes(8)
+    damaged.write_bytes(bytes(data))
+    with pytest.raises(ExportError, match=f"{damaged} is corrupt, truncated or not an fnlearn"):
+        load_exported(damaged)
+
+
+def test_missing_export_and_non_export_files(tmp_path):
+    with pytest.raises(FileNotFoundError, match="absent.fnx"):
+        load_exported(tmp_path / "absent.fnx")
+    np.save(tmp_path / "array.npy", np.zeros(3))
+    with pytest.raises(ExportError, match="array.npy is corrupt, truncated or not an fnlearn"):
+        load_exported(tmp_path / "array.npy")
+
+
+@pytest.mark.parametrize("inputs, error, message", [
+    (np.zeros((2, 28, 27), np.uint8), ValueError,
+     r"shape \(2, 28, 27\) do not fit .* \('batch', 28, 28\)"),
+    (np.zeros((28, 28), np.uint8), ValueError, r"shape \(28, 28\) do not fit"),
+    (np.zeros((0, 28, 28), np.uint8), ValueError, "inputs are empty"),
+    (np.zeros((2, 28, 28), np.float32), TypeError, "dtype float32; the exported model takes uint8"),
+    (np.zeros((2, 28, 28), object), TypeError, "numeric array, got dtype object"),
+])
+def test_loaded_model_rejects_bad_inputs(trained, inputs, error, message):
+    with pytest.raises(error, match=message):
+        load_exported(trained[2])(inputs)
+
+
+def test_loaded_model_rejects_nan_inputs(tmp_path):
+    model = nn.serial(nn.Dense(2))
+    path = export_model(model, nn.init(model, 0, (3,)), (3,), np.float32, tmp_path / "m.fnx")
+    x = np.zeros((4, 3), np.float32)
+    x[2, 1] = np.nan
+    with pytest.raises(ValueError, match=r"NaN or inf \(first at index \(2, 1\)\)"):
+        load_exported(path)(x)
+
+
+def test_export_of_a_model_that_does_not_fit_the_input_shape_fails(tmp_path):
+    model = nn.serial(nn.Dense(2))
+    params = nn.init(model, 0, (3,))
+    with pytest.raises(ValueError, match=r"cannot export the model for inputs of per-example "
+                                         r"shape \(4,\)"):
+        export_model(model, params, (4,), np.float32, tmp_path / "unused.fnx")
+
+
+def test_serve_reports_bad_input_files(trained, tmp_path, capsys):
+    np.save(tmp_path / "objects.npy", np.array([{"a": 1}], dtype=object))
+    assert serve([str(trained[2]), str(tmp_path / "objects.npy")]) == 1
+    assert "cannot read inputs from" in capsys.readouterr().err
+    np.save(tmp_path / "wrong.npy", np.zeros((2, 3), np.uint8))
+    assert serve([str(trained[2]), str(tmp_path / "wrong.npy")]) == 1
+    assert "do not fit the exported model" in capsys.readouterr().err
