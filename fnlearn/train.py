@@ -308,7 +308,8 @@ def fit(model: Layer, x, y, *, loss: str | Callable, optimizer: optax.GradientTr
       verbose: 0 silent, 1 a live progress bar per epoch, 2 one line per epoch.
       callbacks: objects with any of ``on_train_begin(state, history, resume)`` (may
         return a ``(state, history)`` to start from), ``on_epoch_end(epoch, state, logs,
-        history)`` (return True to stop) and ``on_train_end(state, history)``.
+        history)`` (return True to stop) and ``on_train_end(state, history)`` (may return
+        the state that ``fit`` returns instead).
       resume: ask the callbacks (a checkpoint callback) to restore the latest saved run.
       initial_params: start from these parameters instead of initializing.
       state: continue from this ``TrainState`` (its ``epoch`` counts toward ``epochs``).
@@ -426,7 +427,10 @@ def fit(model: Layer, x, y, *, loss: str | Callable, optimizer: optax.GradientTr
                 epochs = epoch
     for callback in callbacks:
         if hasattr(callback, "on_train_end"):
-            callback.on_train_end(state, history)
+            # EarlyStopping(restore_best_weights=True) hands back the best state here.
+            returned = callback.on_train_end(state, history)
+            if returned is not None:
+                state = returned
     return state, history
 
 
