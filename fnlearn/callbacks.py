@@ -40,7 +40,7 @@ def _is_better(monitor: str, mode: str):
 def _monitored(monitor: str, logs: dict[str, float]) -> float:
     if monitor not in logs:
         hint = " (pass validation_data to fit)" if monitor.startswith("val_") else ""
-        raise KeyError(f"monitored value {monitor!r} is not in the epoch's logs "
+        raise ValueError(f"monitored value {monitor!r} is not in the epoch's logs "
                        f"{sorted(logs)}{hint}")
     return logs[monitor]
 

@@ -1,0 +1,133 @@
+"""ModelCheckpoint and EarlyStopping: Keras semantics, and resuming a run exactly."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+import pytest
+
+import fnlearn
+from fnlearn import nn, optim
+from fnlearn.callbacks import EarlyStopping, ModelCheckpoint
+from fnlearn.checkpoint import restore_checkpoint
+from fnlearn.train import History
+
+RNG = np.random.default_rng(0)
+X = RNG.normal(size=(96, 4)).astype(np.float32)
+Y = (X[:, 0] + X[:, 1] > 0).astype(np.int32)
+
+
+def model() -> nn.Layer:
+    return nn.serial(nn.Dense(8, "relu"), nn.Dropout(0.2), nn.Dense(2, "softmax"))
+
+
+def train(epochs: int, callbacks=(), resume: bool = False, **kwargs):
+    return fnlearn.fit(model(), X[:64], Y[:64], loss="sparse_categorical_crossentropy",
+                       optimizer=optim.keras_adam(0.01), metrics=["accuracy"], epochs=epochs,
+                       batch_size=16, validation_data=(X[64:], Y[64:]), seed=3, verbose=0,
+                       callbacks=callbacks, resume=resume, **kwargs)
+
+
+def epochs_saved(directory) -> list[int]:
+    return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit())
+
+
+def test_checkpoint_every_epoch_keeps_the_last_k(tmp_path):
+    train(4, [ModelCheckpoint(tmp_path, keep=2, verbose=0)])
+    assert epochs_saved(tmp_path) == [3, 4]
+
+
+def test_resume_continues_exactly_where_the_checkpoint_left_off(tmp_path, capsys):
+    straight, straight_history = train(5)
+    train(3, [ModelCheckpoint(tmp_path)])
+    resumed, history = train(5, [ModelCheckpoint(tmp_path)], resume=True)
+    assert "resuming from" in capsys.readouterr().out
+    assert all(np.array_equal(a, b) for a, b in
+               zip(jax.tree.leaves(resumed), jax.tree.leaves(straight), strict=True))
+    assert history.epoch == [0, 1, 2, 3, 4]
+    assert history.history == straight_history.history
+
+
+def test_resume_without_a_checkpoint_starts_fresh_and_says_so_once(tmp_path, capsys):
+    train(2, [ModelCheckpoint(tmp_path / "new")], resume=True)
+    out = capsys.readouterr().out
+    assert out.count("no checkpoint in") == 1 and "starting from scratch" in out
+    assert epochs_saved(tmp_path / "new") == [1, 2]
+
+
+def test_fresh_run_into_a_used_directory_is_refused_unless_overwrite(tmp_path):
+    train(1, [ModelCheckpoint(tmp_path, verbose=0)])
+    with pytest.raises(FileExistsError, match="already holds checkpoints .* pass resume=True"):
+        train(1, [ModelCheckpoint(tmp_path, verbose=0)])
+    train(2, [ModelCheckpoint(tmp_path, verbose=0, overwrite=True)])
+    assert epochs_saved(tmp_path) == [1, 2]
+
+
+def test_save_best_only_saves_improvements_of_the_monitored_value(tmp_path):
+    _, history = train(6, [ModelCheckpoint(tmp_path, keep=10, save_best_only=True,
+                                           monitor="val_accuracy", verbose=0)])
+    accuracy = history.history["val_accuracy"]
+    improved = [e + 1 for e, value in enumerate(accuracy) if value > max(accuracy[:e], default=-1)]
+    assert epochs_saved(tmp_path) == improved
+    template = fnlearn.init_state(model(), optim.keras_adam(0.01), (4,))
+    _, _, metadata = restore_checkpoint(tmp_path, template)
+    assert metadata == {"monitor": "val_accuracy", "best": max(accuracy)}
+
+
+def run_early_stopping(values, **kwargs) -> tuple[EarlyStopping, int | None]:
+    """Feeds ``values`` to an EarlyStopping; returns it and the epoch it stopped after."""
+    callback = EarlyStopping(**kwargs)
+    callback.on_train_begin(None, History(), False)
+    for epoch, value in enumerate(values):
+        if callback.on_epoch_end(epoch, None, {kwargs.get("monitor", "val_loss"): value}, None):
+            return callback, epoch
+    return callback, None
+
+
+def test_early_stopping_follows_keras_patience_and_min_delta():
+    assert run_early_stopping([1.0, 0.9, 0.95, 0.97], patience=2)[1] == 3
+    assert run_early_stopping([1.0, 0.9, 0.95, 0.85, 0.99], patience=2)[1] is None
+    assert run_early_stopping([1.0, 1.2], patience=0)[1] == 1
+    # Improvements smaller than min_delta do not count.
+    callback, stopped = run_early_stopping([1.0, 0.99, 0.98], patience=1, min_delta=0.05)
+    assert stopped == 1 and callback.best == 1.0
+
+
+def test_early_stopping_mode_auto_maximizes_accuracy():
+    callback, stopped = run_early_stopping([0.5, 0.6, 0.55, 0.58], monitor="val_accuracy",
+                                           patience=1)
+    assert stopped == 2 and callback.best == 0.6 and callback.best_epoch == 1
+    assert run_early_stopping([0.5, 0.6], monitor="val_accuracy", patience=0, mode="min")[1] == 1
+
+
+def test_early_stopping_ends_fit_and_keeps_the_best_params():
+    stopper = EarlyStopping(monitor="loss", mode="max", patience=2, restore_best_weights=True)
+    state, history = train(10, [stopper])
+    # The loss falls every epoch, so "max" sees its best at epoch 0 and stops at epoch 2.
+    assert history.epoch == [0, 1, 2] and stopper.stopped_epoch == 2
+    first, _ = train(1)
+    assert all(np.array_equal(a, b) for a, b in
+               zip(jax.tree.leaves(stopper.best_params), jax.tree.leaves(first.params),
+                   strict=True))
+    restored = stopper.on_train_end(state, history)
+    assert restored.params is stopper.best_params and restored.step is state.step
+
+
+def test_early_stopping_replays_a_resumed_history(tmp_path):
+    train(3, [ModelCheckpoint(tmp_path, verbose=0)])
+    stopper = EarlyStopping(monitor="val_loss", patience=50)
+    _, history = train(3, [ModelCheckpoint(tmp_path, verbose=0), stopper], resume=True)
+    values = history.history["val_loss"]
+    assert stopper.best == min(values) and stopper.best_epoch == values.index(min(values))
+
+
+def test_monitoring_a_value_that_is_not_logged_is_an_error():
+    with pytest.raises(ValueError, match=r"'val_loss' is not in the epoch's logs \['loss'\] \(pass "
+                                       "validation_data"):
+        fnlearn.fit(model(), X, Y, loss="sparse_categorical_crossentropy",
+                    optimizer=optim.keras_adam(), epochs=2, verbose=0,
+                    callbacks=[EarlyStopping()])
+    with pytest.raises(ValueError, match="mode must be 'auto', 'min' or 'max', got 'minimum'"):
+        EarlyStopping(mode="minimum")
+    with pytest.raises(ValueError, match="patience must be a non-negative int"):
+        EarlyStopping(patience=-1)
