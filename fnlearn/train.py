@@ -358,8 +358,12 @@ def fit(model: Layer, x, y, *, loss: str | Callable, optimizer: optax.GradientTr
 
     sharding = replicated = None
     if mesh is not None:
-        from jax.sharding import NamedSharding, PartitionSpec
+        from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
+        # The step constrains the batch and leaves the rest to XLA's sharding
+        # propagation, which needs Auto axes; jax.make_mesh defaults to Explicit ones.
+        mesh = Mesh(mesh.devices, mesh.axis_names,
+                    axis_types=(AxisType.Auto,) * mesh.devices.ndim)
         devices = mesh.shape[mesh.axis_names[0]]
         if batch_size % devices:
             raise ValueError(

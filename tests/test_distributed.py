@@ -236,8 +236,6 @@ def test_batch_not_divisible_by_devices_is_refused(single_host):
     assert "batch_size 60 is not divisible by the 8 devices" in message
 
 
-@pytest.mark.xfail(strict=True, reason="fit constrains the batch with with_sharding_constraint, "
-                   "which Explicit mesh axes (jax.make_mesh's default) reject; see docs/scaling.md")
 def test_mesh_from_jax_make_mesh_is_accepted(single_host):
     assert single_host["explicit_mesh_error"] is None, single_host["explicit_mesh_error"]
 
