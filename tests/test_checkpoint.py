@@ -27,6 +27,9 @@ from fnlearn.train import History
 
 ROOT = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
+# After a failed read, Orbax can leave an asyncio callback that fires once its loop is
+# closed; it is reported later, against whichever test is running then. Harmless.
+pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"}
 
 
@@ -99,7 +102,6 @@ def _data_files(checkpoint: Path) -> list[Path]:
                   if p.is_file() and p.parent.name == "d")
 
 
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_truncated_checkpoint_fails_naming_its_path(tmp_path):
     path = save_checkpoint(tmp_path, small_state())
     for file in _data_files(path):
@@ -108,8 +110,6 @@ def test_truncated_checkpoint_fails_naming_its_path(tmp_path):
         restore_checkpoint(tmp_path, small_state())
 
 
-# Orbax's reader may leave an asyncio callback behind after a failed read; harmless.
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_flipped_bytes_fail_naming_the_path(tmp_path):
     state = small_state()
     path = save_checkpoint(tmp_path, state)
