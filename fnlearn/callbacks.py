@@ -118,9 +118,9 @@ class EarlyStopping:
     """Stops training when ``monitor`` has not improved for ``patience`` epochs (Keras semantics).
 
     With ``restore_best_weights=True`` the best epoch's parameters are kept in
-    ``best_params`` and ``on_train_end`` returns the final state with them swapped
-    in (``fit`` hands that state back where it supports it; otherwise use
-    ``state._replace(params=early_stopping.best_params)``).
+    ``best_params`` and ``on_train_end`` returns the final state with them swapped in,
+    which ``fit`` returns (as in Keras, only the weights: the optimizer state and
+    counters stay those of the last epoch).
 
     Args:
       monitor: the logged value to watch.
