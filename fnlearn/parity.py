@@ -76,7 +76,9 @@ def to_numpy(value: Any) -> np.ndarray:
         value = value.detach().cpu()
     if hasattr(value, "numpy") and not isinstance(value, np.ndarray | jax.Array):
         value = value.numpy()
-    return np.asarray(value)
+    # Always a copy: torch's .numpy() shares memory with the tensor, so a later in-place
+    # optimizer step would otherwise change the converted weights too.
+    return np.array(value, copy=True)
 
 
 def compare(name: str, actual: Any, expected: Any, *, rtol: float = 1e-5,
