@@ -41,7 +41,7 @@ MNIST_CONTENDERS = {
     "PyTorch": ("torch_mnist.py", None),
     "JAX + Optax loop": ("jax_loop_mnist.py", None),
 }
-REGRESSION_CONTENDERS = ("fnlearn", "PyTorch")
+REGRESSION_CONTENDERS = ("fnlearn", "fnlearn (warm cache)", "PyTorch")
 
 # (metric key, column title, number format)
 METRICS = (
@@ -155,25 +155,23 @@ def run_process(
     }
 
 
-def child_env(cache_dir: str | None = None, warm: bool = False) -> dict[str, str]:
+def child_env(cache_dir: str | None = None) -> dict[str, str]:
     """The environment for a contender: fnlearn importable from the repository, cache chosen.
 
     Args:
-      cache_dir: the JAX persistent compilation cache folder, `None` for JAX's default.
-      warm: cache every compiled program, however quick its compilation.
+      cache_dir: the folder for fnlearn's compilation cache (`FNLEARN_CACHE_DIR`; fnlearn turns
+        JAX's persistent cache on there, with its own thresholds), `None` to leave it alone.
 
     Returns:
       A copy of this process's environment with those changes.
     """
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    # A cache folder chosen for JAX directly would override fnlearn's and leak between runs.
     env.pop("JAX_COMPILATION_CACHE_DIR", None)
     if cache_dir:
-        env["JAX_COMPILATION_CACHE_DIR"] = cache_dir
-    if warm:
-        # JAX skips programs that compile in under a second by default: all of them here.
-        env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
-        env["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
+        env["FNLEARN_CACHE_DIR"] = cache_dir
+        env.pop("FNLEARN_COMPILATION_CACHE", None)
     return env
 
 
@@ -194,9 +192,10 @@ def mnist_run(
     """
     script, cache = MNIST_CONTENDERS[name]
     if cache == "warm":
-        env = child_env(os.path.join(cache_root, "warm"), warm=True)
+        env = child_env(os.path.join(cache_root, "warm"))
     elif cache == "cold":
-        # A fresh empty folder each time, so a cache fnlearn might keep never makes a run warm.
+        # fnlearn caches compiled programs by default; a fresh empty folder each time makes
+        # every cold run a user's first run (it still pays for writing the cache).
         env = child_env(os.path.join(cache_root, f"cold-{rep}"))
     else:
         env = child_env()
@@ -226,23 +225,27 @@ def mnist_run(
     }
 
 
-def regression_run(name: str, workdir: str) -> dict[str, object]:
+def regression_run(name: str, workdir: str, cache_root: str, rep: int) -> dict[str, object]:
     """Run one repetition of a regression program (fnlearn's experiment or the PyTorch one).
 
     Args:
-      name: "fnlearn" or "PyTorch".
+      name: one of `REGRESSION_CONTENDERS`.
       workdir: the child's working directory (where the plot lands).
+      cache_root: parent folder of the compilation caches.
+      rep: repetition number, which names a fresh cache folder for cold runs.
 
     Returns:
       `status`, `process_s` (spawn to exit), `peak_mib` and the `Epoch [...]` lines it printed.
     """
-    if name == "fnlearn":
+    if name.startswith("fnlearn"):
         if not REGRESSION_SCRIPT.exists():
             return {"status": "missing", "missing": f"{REGRESSION_SCRIPT.name} not written yet"}
         script = REGRESSION_SCRIPT
+        warm = name.endswith("(warm cache)")
+        env = child_env(os.path.join(cache_root, "regression-" + ("warm" if warm else f"{rep}")))
     else:
-        script = CONTENDERS_DIR / "torch_regression.py"
-    run = run_process([sys.executable, str(script)], child_env(), workdir)
+        script, env = CONTENDERS_DIR / "torch_regression.py", child_env()
+    run = run_process([sys.executable, str(script)], env, workdir)
     if run["missing"] or run["returncode"] == MISSING_EXIT:
         return {"status": "missing", "missing": run["missing"] or "not importable"}
     if run["returncode"] != 0:
@@ -572,21 +575,21 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         os.mkdir(workdir)
         if "fnlearn (warm cache)" in names:
             # One untimed run fills the cache the warm contender then reads.
-            print("warming the JAX compilation cache ...", flush=True)
+            print("warming fnlearn's compilation cache ...", flush=True)
             mnist_run("fnlearn (warm cache)", args, workdir, scratch, rep=0)
+        if not args.no_regression:
+            regression_run("fnlearn (warm cache)", workdir, scratch, rep=0)
 
         mnist_runs = {name: [] for name in names}
-        regression_runs = {name: [] for name in REGRESSION_CONTENDERS}
+        regression_runs = {} if args.no_regression else {n: [] for n in REGRESSION_CONTENDERS}
         for rep in range(1, args.reps + 1):
             for name in names:
                 run = mnist_run(name, args, workdir, scratch, rep)
                 mnist_runs[name].append(run)
                 shown = f"{run['fit_s']:.2f} s fit" if run["status"] == "ok" else run["status"]
                 print(f"rep {rep}/{args.reps}  {name:<22} {shown}", flush=True)
-            if args.no_regression:
-                continue
-            for name in REGRESSION_CONTENDERS:
-                run = regression_run(name, workdir)
+            for name in regression_runs:
+                run = regression_run(name, workdir, scratch, rep)
                 regression_runs[name].append(run)
                 shown = f"{run['process_s']:.2f} s" if run["status"] == "ok" else run["status"]
                 print(f"rep {rep}/{args.reps}  regression {name:<11} {shown}", flush=True)
@@ -595,9 +598,11 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         name: next((r["epoch_lines"] for r in runs if r["status"] == "ok"), None)
         for name, runs in regression_runs.items()
     }
-    if None in printed.values():
+    if not printed:
+        lines_verdict = "not run"
+    elif None in printed.values():
         lines_verdict = "not compared (a program did not run)"
-    elif printed["fnlearn"] == printed["PyTorch"] and len(printed["PyTorch"]) == 10:
+    elif len(printed["PyTorch"]) == 10 and all(p == printed["PyTorch"] for p in printed.values()):
         lines_verdict = "identical: both print the same ten `Epoch [k/1000], Loss: ...` lines"
     else:
         lines_verdict = "DIFFERENT (see benchmark.json)"

@@ -73,7 +73,10 @@ def test_quick_run_writes_table_chart_and_json(tmp_path):
         else:
             assert f"| {name} | **missing**" in markdown
     assert summary["fnlearn"]["status"] == "ok"
-    assert list(report["regression"]["summary"]) == ["fnlearn", "PyTorch"]
+    regression = report["regression"]
+    assert list(regression["summary"]) == list(benchmark.REGRESSION_CONTENDERS)
+    if all(entry["status"] == "ok" for entry in regression["summary"].values()):
+        assert regression["lines"].startswith("identical"), regression["printed"]
 
 
 def test_missing_framework_is_a_missing_row(tmp_path, monkeypatch):
