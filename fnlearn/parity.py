@@ -178,14 +178,23 @@ def assert_close_trees(actual: Any, expected: Any, *, rtol: float = 1e-5, atol: 
 # --- reference models -------------------------------------------------------------------
 
 
-def _layers_of(model: Layer) -> tuple[Layer, ...]:
-    return model.children if model.kind == "serial" else (model,)
+# The configuration each supported kind carries. Checked as well as the kind, because a
+# wrapped module can share a kind name: nn.from_flax(flax.linen.Dense(...)) is "dense" too.
+_CONFIG_KEYS = {"normalize": ("mean", "std"), "dense": ("units", "activation"),
+                "dropout": ("rate",), "flatten": (), "relu": (), "softmax": ()}
 
 
-def _unsupported_fnlearn_layer(layer: Layer, position: int, target: str) -> ValueError:
-    return ValueError(
-        f"fnlearn layer {layer.kind!r} at position {position} cannot be built in {target}: "
-        f"supported layers are {', '.join(SUPPORTED_FNLEARN_LAYERS)}")
+def _layers_of(model: Layer, target: str) -> tuple[Layer, ...]:
+    """The model's layers, each checked to be one that ``target`` can be built from."""
+    layers = model.children if model.kind == "serial" else (model,)
+    for position, layer in enumerate(layers):
+        keys = _CONFIG_KEYS.get(layer.kind)
+        if keys is None or not all(key in layer.config for key in keys):
+            raise ValueError(
+                f"fnlearn layer {layer.kind!r} at position {position} cannot be built in "
+                f"{target}: supported layers are fnlearn's own "
+                f"{', '.join(SUPPORTED_FNLEARN_LAYERS)}")
+    return layers
 
 
 def _import_torch():
@@ -259,7 +268,7 @@ def to_torch_module(model: Layer, input_shape: Sequence[int], params: Params | N
     activations = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh,
                    "softmax": lambda: nn.Softmax(dim=-1)}
     modules, shape = [], tuple(input_shape)
-    for position, layer in enumerate(_layers_of(model)):
+    for layer in _layers_of(model, "PyTorch"):
         if layer.kind == "normalize":
             modules.append(_torch_normalize(layer.config["mean"], layer.config["std"]))
         elif layer.kind == "flatten":
@@ -272,10 +281,8 @@ def to_torch_module(model: Layer, input_shape: Sequence[int], params: Params | N
                 modules.append(activations[layer.config["activation"]]())
         elif layer.kind in ("relu", "softmax"):
             modules.append(activations[layer.kind]())
-        elif layer.kind == "dropout":
-            modules.append(nn.Dropout(layer.config["rate"]))
         else:
-            raise _unsupported_fnlearn_layer(layer, position, "PyTorch")
+            modules.append(nn.Dropout(layer.config["rate"]))
     module = nn.Sequential(*modules)
     if params is not None:
         module.load_state_dict(params_to_torch(params, module))
@@ -299,7 +306,7 @@ def to_keras_model(model: Layer, input_shape: Sequence[int], params: Params | No
     """
     keras = _import_keras()
     layers = [keras.Input(shape=tuple(input_shape))]
-    for position, layer in enumerate(_layers_of(model)):
+    for layer in _layers_of(model, "Keras"):
         if layer.kind == "normalize":
             layers.append(keras.layers.Lambda(_keras_normalize(
                 keras, layer.config["mean"], layer.config["std"])))
@@ -312,10 +319,8 @@ def to_keras_model(model: Layer, input_shape: Sequence[int], params: Params | No
             layers.append(keras.layers.ReLU())
         elif layer.kind == "softmax":
             layers.append(keras.layers.Softmax(axis=-1))
-        elif layer.kind == "dropout":
-            layers.append(keras.layers.Dropout(layer.config["rate"]))
         else:
-            raise _unsupported_fnlearn_layer(layer, position, "Keras")
+            layers.append(keras.layers.Dropout(layer.config["rate"]))
     keras_model = keras.Sequential(layers)
     if params is not None:
         params_to_keras(params, keras_model)
