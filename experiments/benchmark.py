@@ -33,7 +33,7 @@ MISSING_EXIT = 3
 EPOCH_LINE = re.compile(r"^Epoch \[\d+/\d+\], Loss: .*$")
 BASELINE = "fnlearn"
 
-# name -> (script, JAX compilation cache mode); the order is the order of every repetition.
+# name -> (script, fnlearn compilation cache: "cold", "warm" or None); the order of every rep.
 MNIST_CONTENDERS = {
     "fnlearn": ("fnlearn_mnist.py", "cold"),
     "fnlearn (warm cache)": ("fnlearn_mnist.py", "warm"),
