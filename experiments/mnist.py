@@ -44,6 +44,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path("out/mnist"),
                         help="folder for the plots (default: %(default)s)")
     parser.add_argument("--no-plots", action="store_true", help="skip the pictures")
+    parser.add_argument("--checkpoint-dir", type=pathlib.Path, default=None,
+                        help="save the training state after every epoch here (Orbax; keeps 3)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue from the latest checkpoint in --checkpoint-dir "
+                             "(default folder: OUT/checkpoints)")
+    parser.add_argument("--export", type=pathlib.Path, default=None, metavar="PATH",
+                        help="write the trained inference function (jax.export) to PATH; "
+                             "serve it with: python -m fnlearn.serve PATH images.npy")
     return parser.parse_args(argv)
 
 
@@ -56,15 +64,23 @@ def main(argv: list[str] | None = None) -> dict:
 
     model = article_model()
     loss = fl.losses.sparse_categorical_crossentropy
+    checkpoint_dir = args.checkpoint_dir
+    if args.resume and checkpoint_dir is None:
+        checkpoint_dir = args.out / "checkpoints"
+    callbacks = [fl.ModelCheckpoint(checkpoint_dir, keep=3)] if checkpoint_dir else []
     state, history = fl.fit(
         model, x_train, y_train, loss=loss, optimizer=fl.optim.keras_adam(),
         metrics=["accuracy"], epochs=args.epochs, batch_size=args.batch_size,
-        validation_data=(x_test, y_test), seed=args.seed, verbose=args.verbose)
+        validation_data=(x_test, y_test), seed=args.seed, verbose=args.verbose,
+        callbacks=callbacks, resume=args.resume)
     fit_seconds = time.perf_counter() - started
 
     results = fl.evaluate(model, state.params, x_test, y_test, loss=loss, metrics=["accuracy"])
     print(f"Test accuracy: {results['accuracy'] * 100:.2f}%")
 
+    if args.export:
+        path = fl.export_model(model, state.params, x_test.shape[1:], x_test.dtype, args.export)
+        print(f"Exported the inference function to {path}")
     if not args.no_plots:
         args.out.mkdir(parents=True, exist_ok=True)
         predicted = np.argmax(fl.predict(model, state.params, x_test), axis=-1)

@@ -1,7 +1,45 @@
-"""fnlearn: pure-function models, Optax optimizers and a compiled fit loop for JAX."""
+"""fnlearn: pure-function models, Optax optimizers and a compiled fit loop for JAX.
 
-from fnlearn import data, losses, nn, optim, plots
+Modules, one concept each:
+
+- ``nn``: layers as ``(init, apply)`` pairs, ``serial``, ``summary``, Flax interop.
+- ``losses``: losses and metrics. ``optim``: Optax presets matching Keras and PyTorch.
+- ``train`` (``fit``, ``evaluate``, ``predict``): one compiled XLA call per epoch.
+- ``data``: MNIST from tensorflow-datasets, IDX files or the shipped sample.
+- ``graph``, ``tensors``, ``autodiff``: the traced graph, arrays and devices, gradient checks.
+- ``callbacks``, ``checkpoint``, ``export``: Orbax checkpoints, resume, ``jax.export``.
+- ``parity``: weights to and from PyTorch and Keras, and tolerance-aware comparisons.
+- ``distributed``: data-parallel meshes and multi-host set-up. ``plots``: pictures of a run.
+
+Heavy libraries (Orbax, TensorFlow, PyTorch, matplotlib, tensorflow-datasets) are
+imported only by the functions that use them.
+"""
+
+from fnlearn import (
+    autodiff,
+    callbacks,
+    checkpoint,
+    data,
+    distributed,
+    export,
+    graph,
+    losses,
+    nn,
+    optim,
+    parity,
+    plots,
+    tensors,
+)
 from fnlearn.cache import disable_compilation_cache, enable_compilation_cache
+from fnlearn.callbacks import EarlyStopping, ModelCheckpoint
+from fnlearn.checkpoint import (
+    CheckpointError,
+    latest_checkpoint,
+    restore_checkpoint,
+    save_checkpoint,
+)
+from fnlearn.data import DataError, load_fashion_mnist, load_mnist
+from fnlearn.export import ExportError, export_model, export_saved_model, load_exported
 from fnlearn.train import (
     History,
     NonFiniteLossError,
@@ -13,20 +51,41 @@ from fnlearn.train import (
 )
 
 __all__ = [
-    "disable_compilation_cache",
-    "enable_compilation_cache",
+    "CheckpointError",
+    "DataError",
+    "EarlyStopping",
+    "ExportError",
     "History",
+    "ModelCheckpoint",
     "NonFiniteLossError",
     "TrainState",
-    "evaluate",
-    "fit",
-    "init_state",
+    "autodiff",
+    "callbacks",
+    "checkpoint",
     "data",
+    "disable_compilation_cache",
+    "distributed",
+    "enable_compilation_cache",
+    "evaluate",
+    "export",
+    "export_model",
+    "export_saved_model",
+    "fit",
+    "graph",
+    "init_state",
+    "latest_checkpoint",
+    "load_exported",
+    "load_fashion_mnist",
+    "load_mnist",
     "losses",
     "nn",
     "optim",
+    "parity",
     "plots",
     "predict",
+    "restore_checkpoint",
+    "save_checkpoint",
+    "tensors",
 ]
 
 from fnlearn.cache import _enable_by_default  # noqa: E402

@@ -91,10 +91,16 @@ def _resolve_loss(loss: str | Callable) -> Callable:
 
 
 def _as_host_array(name: str, value) -> np.ndarray:
-    array = np.asarray(value)
+    try:
+        array = np.asarray(value)
+    except ValueError as error:
+        raise ValueError(f"{name} cannot be converted to an array (lists of unequal "
+                         f"lengths?): {error}") from error
     if array.dtype == object or not (np.issubdtype(array.dtype, np.number)
                                      or array.dtype == np.bool_):
         raise TypeError(f"{name} must be a numeric array, got dtype {array.dtype}")
+    if np.issubdtype(array.dtype, np.complexfloating):
+        raise TypeError(f"{name} must be real numbers, got dtype {array.dtype}")
     if array.ndim == 0:
         raise ValueError(f"{name} must have a leading example axis, got a scalar")
     if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
@@ -329,7 +335,8 @@ def fit(model: Layer, x, y, *, loss: str | Callable, optimizer: optax.GradientTr
     n = len(x)
     if batch_size is None:
         batch_size = n
-    if not isinstance(batch_size, int | np.integer) or batch_size <= 0:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer) \
+            or batch_size <= 0:
         raise ValueError(f"batch_size must be a positive int or None, got {batch_size!r}")
     if batch_size > n:
         raise ValueError(f"batch_size {batch_size} is larger than the {n} training examples")
@@ -338,7 +345,11 @@ def fit(model: Layer, x, y, *, loss: str | Callable, optimizer: optax.GradientTr
     metric_names, metric_fns = zip(*map(losses_lib.get_metric, metrics)) if metrics else ((), ())
 
     if state is None:
-        state = init_state(model, optimizer, x.shape[1:], seed=seed, params=initial_params)
+        try:
+            state = init_state(model, optimizer, x.shape[1:], seed=seed, params=initial_params)
+        except Exception as error:  # noqa: BLE001 - re-raised with the shape that caused it
+            raise ValueError(f"model cannot be initialized for inputs of per-example shape "
+                             f"{x.shape[1:]} (x has shape {x.shape}): {error}") from error
     _check_model_input(model, state.params, x, loss_fn, y)
     val_x = val_y = None
     if validation_data is not None:

@@ -123,28 +123,22 @@ def test_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_p
     assert len(history.history["loss"]) == bad_epoch - 1
 
 
-# Cases train.py does not yet report clearly; the fixes are proposed to the owner of
-# train.py, and these turn into failures (strict xfail) once they land, to be unmarked.
-@pytest.mark.xfail(strict=True, reason="pending: fit validates batch_size=True as 1")
 def test_bool_batch_size_is_refused():
     with pytest.raises(ValueError, match="batch_size must be a positive int or None, got True"):
         fit(batch_size=True)
 
 
-@pytest.mark.xfail(strict=True, reason="pending: model.init's IndexError is not wrapped")
 def test_inputs_without_a_feature_axis_name_the_shape():
     with pytest.raises(ValueError, match=r"cannot be initialized for inputs of per-example "
                                          r"shape \(\)"):
         fit(np.zeros(10, np.float32))
 
 
-@pytest.mark.xfail(strict=True, reason="pending: ragged input's NumPy error does not name x")
 def test_ragged_inputs_name_the_argument():
     with pytest.raises(ValueError, match="x cannot be converted to an array"):
         fit([[1.0, 2.0, 3.0], [1.0]] * 5)
 
 
-@pytest.mark.xfail(strict=True, reason="pending: complex inputs pass the numeric check")
 def test_complex_inputs_are_refused():
     with pytest.raises(TypeError, match="x must be real numbers, got dtype complex64"):
         fit(X.astype(np.complex64))

@@ -31,3 +31,24 @@ def test_article_recipe_reaches_97_5_percent_on_the_full_data(seed, capsys):
     assert len(result["history"].epoch) == 5
     print(capsys.readouterr().out)
     assert result["test_accuracy"] >= 0.975
+
+
+def test_resume_and_export_flags(tmp_path, capsys):
+    import jax
+    import numpy as np
+
+    import fnlearn as fl
+
+    common = ["--source", "sample", "--no-plots", "--out", str(tmp_path)]
+    straight = mnist.main([*common, "--epochs", "2"])
+    mnist.main([*common, "--epochs", "1", "--checkpoint-dir", str(tmp_path / "ck")])
+    resumed = mnist.main([*common, "--epochs", "2", "--resume", "--checkpoint-dir",
+                          str(tmp_path / "ck"), "--export", str(tmp_path / "model.fnx")])
+    assert "resuming from" in capsys.readouterr().out
+    for a, b in zip(jax.tree.leaves(straight["state"].params),
+                    jax.tree.leaves(resumed["state"].params)):
+        np.testing.assert_array_equal(a, b)
+    (_, _), (x_test, _) = fl.load_mnist(source="sample")
+    served = fl.load_exported(tmp_path / "model.fnx")(x_test[:5])
+    expected = fl.predict(mnist.article_model(), resumed["state"].params, x_test[:5])
+    np.testing.assert_array_equal(served, expected)
