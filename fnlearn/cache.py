@@ -20,7 +20,7 @@ import pathlib
 import jax
 
 # Programs that compile faster than this are not worth a disk write and read.
-MIN_COMPILE_SECONDS = 0.2
+MIN_COMPILE_SECONDS = 0.05
 
 
 def default_cache_dir() -> pathlib.Path:

@@ -316,4 +316,5 @@ def from_flax(module: Any, *, train_argument: str | None = None) -> Layer:
             raise ValueError("a Flax module in training mode needs a PRNG key: apply(..., key=key)")
         return module.apply({"params": params}, x, rngs=rngs, **mode(train))
 
-    return Layer(init_fn, apply_fn, type(module).__name__.lower(), {"flax_module": module})
+    kind = f"flax_{type(module).__name__.lower()}"  # never mistaken for an fnlearn layer
+    return Layer(init_fn, apply_fn, kind, {"flax_module": module})

@@ -202,13 +202,15 @@ def _train_epochs(state: TrainState, x, y, val_x, val_y, *, model, loss_fn, metr
             grad_fn = jax.value_and_grad(_masked_stats, argnums=2, has_aux=True)
             (mean_loss, stats), grads = grad_fn(
                 loss_fn, metric_fns, params, model, xb, yb, m, key, True)
-            updates, new_opt_state = optimizer.update(grads, opt_state, params)
-            new_params = optax.apply_updates(params, updates)
             # terminate_on_nan: from the first non-finite loss on, stop updating, so the
             # state handed back is the last good one and the host can name the step.
             ok = jnp.isfinite(mean_loss) & (first_bad < 0)
-            keep = partial(jax.tree.map, lambda new, old: jnp.where(ok, new, old))
-            params, opt_state = keep(new_params, params), keep(new_opt_state, opt_state)
+
+            def update(params, opt_state):
+                updates, opt_state = optimizer.update(grads, opt_state, params)
+                return optax.apply_updates(params, updates), opt_state
+
+            params, opt_state = jax.lax.cond(ok, update, lambda p, o: (p, o), params, opt_state)
             first_bad = jnp.where(ok | (first_bad >= 0), first_bad, s)
             totals = jax.tree.map(jnp.add, totals, stats)
             if progress_every:
