@@ -58,7 +58,7 @@ def test_unsupported_keras_layer_is_named(keras):
 def test_unsupported_fnlearn_layer_is_named(torch, keras):
     model = nn.serial(nn.Flatten(), nn.Dense(4), nn.from_flax(_flax_module()))
     for build in (parity.to_torch_module, parity.to_keras_model):
-        with pytest.raises(ValueError, match="fnlearn layer 'dense' at position 2 cannot be "
+        with pytest.raises(ValueError, match="fnlearn layer 'flax_dense' at position 2 cannot be "
                                              "built in (PyTorch|Keras)"):
             build(model, (3,))
 
