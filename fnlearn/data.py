@@ -384,6 +384,11 @@ def _tfds_has_cached(spec: _Spec) -> bool:
     """Whether tensorflow-datasets is installed and has the dataset prepared in its data dir."""
     if importlib.util.find_spec("tensorflow_datasets") is None:
         return False
+    # Look for the dataset's folder first: importing tfds takes seconds, and asking its
+    # builder about a dataset it never prepared logs a warning.
+    data_dir = Path(os.environ.get("TFDS_DATA_DIR") or Path.home() / "tensorflow_datasets")
+    if not (data_dir / spec.tfds_name).is_dir():
+        return False
     import tensorflow_datasets as tfds
 
     return tfds.builder(spec.tfds_name).is_prepared()

@@ -271,9 +271,11 @@ def test_tfds_adapter_on_mock_data(monkeypatch, tmp_path, has_tensorflow):
     assert y_train.min() >= 0 and y_train.max() <= 9
 
 
-def test_auto_uses_a_tfds_cache_before_the_sample(offline, monkeypatch):
+def test_auto_uses_a_tfds_cache_before_the_sample(offline, monkeypatch, tmp_path):
     tfds = pytest.importorskip("tensorflow_datasets")
     pytest.importorskip("tensorflow")
+    (tmp_path / "mnist").mkdir()
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path))
     monkeypatch.setattr(tfds.core.DatasetBuilder, "is_prepared", lambda self: True)
     with tfds.testing.mock_data(num_examples=3):
         dataset = data.load_mnist()
