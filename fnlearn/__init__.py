@@ -15,7 +15,9 @@ Heavy libraries (Orbax, TensorFlow, PyTorch, matplotlib, tensorflow-datasets) ar
 imported only by the functions that use them.
 """
 
-from fnlearn import (
+__version__ = "0.1.0"
+
+from fnlearn import (  # noqa: E402 - the version is readable even if an import fails
     autodiff,
     callbacks,
     checkpoint,
@@ -51,6 +53,7 @@ from fnlearn.train import (
 )
 
 __all__ = [
+    "__version__",
     "CheckpointError",
     "DataError",
     "EarlyStopping",
