@@ -76,7 +76,15 @@ class History:
 
 
 class NonFiniteLossError(FloatingPointError):
-    """Training produced a NaN or infinite loss; the state before that step is kept."""
+    """Training produced a NaN or infinite loss.
+
+    Attributes:
+      state: the ``TrainState`` just before the step whose loss was not finite.
+    """
+
+    def __init__(self, message: str, state: TrainState | None = None):
+        super().__init__(message)
+        self.state = state
 
 
 def _resolve_loss(loss: str | Callable) -> Callable:
@@ -182,7 +190,8 @@ def _train_epochs(state: TrainState, x, y, val_x, val_y, *, model, loss_fn, metr
     steps, padded = _batch_plan(n, batch_size)
     base_key = jax.random.wrap_key_data(state.key)
 
-    def one_epoch(state, _):
+    def one_epoch(carry, _):
+        state, stopped = carry
         epoch_key = jax.random.fold_in(base_key, state.epoch)
         shuffle_key, dropout_key = jax.random.split(epoch_key)
         order = jax.random.permutation(shuffle_key, n) if shuffle else jnp.arange(n)
@@ -221,7 +230,8 @@ def _train_epochs(state: TrainState, x, y, val_x, val_y, *, model, loss_fn, metr
 
         zero = jnp.zeros((), jnp.float32)
         totals = (zero, tuple(zero for _ in metric_fns), zero)
-        carry = (state.params, state.opt_state, totals, jnp.int32(-1))
+        # After a non-finite loss, the epochs still left in this call update nothing.
+        carry = (state.params, state.opt_state, totals, jnp.where(stopped, 0, -1))
         carry, _ = jax.lax.scan(one_step, carry, (index, mask, jnp.arange(steps)))
         params, opt_state, (loss_sum, metric_sums, count), first_bad = carry
         good_steps = jnp.where(first_bad >= 0, first_bad, steps)
@@ -234,9 +244,11 @@ def _train_epochs(state: TrainState, x, y, val_x, val_y, *, model, loss_fn, metr
             logs["val_loss"], logs["val_metrics"] = val_loss, val_metrics
         state = TrainState(params, opt_state, state.step + good_steps,
                            state.epoch + (first_bad < 0), state.key)
-        return state, logs
+        return (state, first_bad >= 0), logs
 
-    return jax.lax.scan(one_epoch, state, None, length=num_epochs)
+    (state, _), logs = jax.lax.scan(one_epoch, (state, jnp.bool_(False)), None,
+                                    length=num_epochs)
+    return state, logs
 
 
 _STATIC = ("model", "loss_fn", "metric_fns", "optimizer", "batch_size", "shuffle",
@@ -423,8 +435,9 @@ def fit(model: Layer, x, y, *, loss: str | Callable, optimizer: optax.GradientTr
                     bar.close()
                 raise NonFiniteLossError(
                     f"loss became NaN or inf at epoch {epoch + 1}, step {first_bad + 1} of "
-                    f"{steps}; training stopped and the returned/saved state is from before "
-                    "that step. Lower the learning rate or check the data for extreme values.")
+                    f"{steps}; training stopped: the error's .state (and any checkpoint) is "
+                    "from before that step. Lower the learning rate or check the data for "
+                    "extreme values.", state)
             history.append(epoch, logs, seconds)
             if bar is not None:
                 bar.n = steps

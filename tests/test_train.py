@@ -135,10 +135,14 @@ def test_verbose_1_shows_a_live_progress_bar_and_verbose_2_keras_lines(capsys):
 def test_nan_loss_stops_training_naming_epoch_and_step():
     x, y = blobs(256)
     x[200] = 3e38  # overflows to inf in the first layer, in the 4th batch of 64
-    with pytest.raises(fl.NonFiniteLossError, match=r"epoch 1, step 4 of 4"):
+    with pytest.raises(fl.NonFiniteLossError, match=r"epoch 1, step 4 of 4") as error:
         fl.fit(nn.serial(nn.Dense(3, activation="softmax")), x, y,
                loss=partial(LOSS, from_logits=False), optimizer=fl.optim.keras_adam(),
                epochs=2, batch_size=64, shuffle=False, verbose=0)
+    # The state handed back stopped before the bad step: three good updates, all finite.
+    state = error.value.state
+    assert int(state.step) == 3 and int(state.epoch) == 0
+    assert all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(state.params))
 
 
 def test_evaluate_and_predict_match_a_direct_computation():
