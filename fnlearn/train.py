@@ -358,6 +358,8 @@ def fit(model: Layer, x, y, *, loss: str | Callable, optimizer: optax.GradientTr
     loss_fn = _resolve_loss(loss)
     metric_names, metric_fns = zip(*map(losses_lib.get_metric, metrics)) if metrics else ((), ())
 
+    if state is not None and initial_params is not None:
+        raise ValueError("pass either state (to continue a run) or initial_params, not both")
     if state is None:
         try:
             state = init_state(model, optimizer, x.shape[1:], seed=seed, params=initial_params)

@@ -180,3 +180,24 @@ def test_wrong_input_shape_for_given_parameters_names_the_shapes():
     with pytest.raises(ValueError, match=r"per-example shape \(8,\)"):
         fl.fit(mlp(), x, y, loss=LOSS, optimizer=fl.optim.keras_adam(), initial_params=params,
                verbose=0)
+
+
+def test_state_and_initial_params_together_are_refused():
+    x, y = blobs(100)
+    model = mlp()
+    state = fl.init_state(model, fl.optim.keras_adam(), (8,))
+    with pytest.raises(ValueError, match="either state .* or initial_params, not both"):
+        fl.fit(model, x, y, loss=LOSS, optimizer=fl.optim.keras_adam(), state=state,
+               initial_params=state.params, verbose=0)
+
+
+def test_continuing_from_a_state_counts_its_epochs():
+    x, y = blobs(200)
+    model, optimizer = mlp(), fl.optim.keras_adam()
+    kwargs = dict(loss=LOSS, optimizer=optimizer, batch_size=50, seed=5, verbose=0)
+    straight, _ = fl.fit(model, x, y, epochs=3, **kwargs)
+    first, _ = fl.fit(model, x, y, epochs=1, **kwargs)
+    continued, history = fl.fit(model, x, y, epochs=3, state=first, **kwargs)
+    assert history.epoch == [1, 2] and int(continued.epoch) == 3
+    for a, b in zip(jax.tree.leaves(straight.params), jax.tree.leaves(continued.params)):
+        np.testing.assert_array_equal(a, b)
