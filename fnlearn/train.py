@@ -377,6 +377,9 @@ def fit(model: Layer, x, y, *, loss: str | Callable, optimizer: optax.GradientTr
         _check_model_input(model, state.params, val_x, loss_fn, val_y)
 
     history = History()
+    if resume and not any(hasattr(c, "on_train_begin") for c in callbacks):
+        raise ValueError("resume=True needs a callback that restores a run, e.g. "
+                         "callbacks=[fnlearn.ModelCheckpoint(directory)]")
     for callback in callbacks:
         if hasattr(callback, "on_train_begin"):
             restored = callback.on_train_begin(state, history, resume)

@@ -201,3 +201,9 @@ def test_continuing_from_a_state_counts_its_epochs():
     assert history.epoch == [1, 2] and int(continued.epoch) == 3
     for a, b in zip(jax.tree.leaves(straight.params), jax.tree.leaves(continued.params)):
         np.testing.assert_array_equal(a, b)
+
+
+def test_resume_without_a_checkpoint_callback_is_refused():
+    x, y = blobs(100)
+    with pytest.raises(ValueError, match="resume=True needs a callback that restores a run"):
+        fl.fit(mlp(), x, y, loss=LOSS, optimizer=fl.optim.keras_adam(), resume=True, verbose=0)
