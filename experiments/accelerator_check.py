@@ -64,13 +64,7 @@ def train_mnist(args: argparse.Namespace) -> dict:
     """Trains the article's recipe once; returns the timings and test accuracy."""
     dataset = fl.data.load_mnist(args.source, args.data_dir)
     (x, y), (x_test, y_test) = dataset
-    model = fl.nn.serial(
-        fl.nn.Normalize(0.0, 255.0),
-        fl.nn.Flatten(),
-        fl.nn.Dense(128, activation="relu"),
-        fl.nn.Dropout(0.2),
-        fl.nn.Dense(10, activation="softmax"),
-    )
+    model = fl.models.article_mlp()
     mesh = distributed.make_mesh() if args.mesh else None
     started = time.perf_counter()
     # verbose=2 runs one call per epoch, so the first epoch's time holds the compilation

@@ -19,17 +19,6 @@ import numpy as np
 import fnlearn as fl
 
 
-def article_model() -> fl.nn.Layer:
-    """The article's model, with Keras's initializers."""
-    return fl.nn.serial(
-        fl.nn.Normalize(0.0, 255.0),
-        fl.nn.Flatten(),
-        fl.nn.Dense(128, activation="relu"),
-        fl.nn.Dropout(0.2),
-        fl.nn.Dense(10, activation="softmax"),
-    )
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--epochs", type=int, default=5)
@@ -62,7 +51,7 @@ def main(argv: list[str] | None = None) -> dict:
         source=args.source, data_dir=args.data_dir)
     print(f"MNIST from {data.source}: {len(x_train)} train, {len(x_test)} test images")
 
-    model = article_model()
+    model = fl.models.article_mlp()
     loss = fl.losses.sparse_categorical_crossentropy
     checkpoint_dir = args.checkpoint_dir
     if args.resume and checkpoint_dir is None:

@@ -3,8 +3,9 @@
 Modules, one concept each:
 
 - ``nn``: layers as ``(init, apply)`` pairs, ``serial``, ``summary``, Flax interop.
-- ``losses``: losses and metrics. ``optim``: Optax presets matching Keras and PyTorch.
-- ``train`` (``fit``, ``evaluate``, ``predict``): one compiled XLA call per epoch.
+- ``models``: the reference programs' models. ``losses``: losses and metrics. ``optim``: Optax presets matching Keras and PyTorch.
+- ``state``: ``TrainState``, ``History``. ``step``: the pure ``train_step`` and ``train_epoch``.
+- ``train`` (``fit``, ``evaluate``, ``predict``): thin host drivers over ``step``.
 - ``data``: MNIST from tensorflow-datasets, IDX files or the shipped sample.
 - ``graph``, ``tensors``, ``autodiff``: the traced graph, arrays and devices, gradient checks.
 - ``callbacks``, ``checkpoint``, ``export``: Orbax checkpoints, resume, ``jax.export``.
@@ -26,13 +27,18 @@ from fnlearn import (  # noqa: E402 - the version is readable even if an import 
     export,
     graph,
     losses,
+    models,
     nn,
     optim,
     parity,
     plots,
     tensors,
 )
-from fnlearn.cache import disable_compilation_cache, enable_compilation_cache
+from fnlearn.cache import (
+    count_compilations,
+    disable_compilation_cache,
+    enable_compilation_cache,
+)
 from fnlearn.callbacks import EarlyStopping, ModelCheckpoint
 from fnlearn.checkpoint import (
     CheckpointError,
@@ -42,15 +48,9 @@ from fnlearn.checkpoint import (
 )
 from fnlearn.data import DataError, load_fashion_mnist, load_mnist
 from fnlearn.export import ExportError, export_model, export_saved_model, load_exported
-from fnlearn.train import (
-    History,
-    NonFiniteLossError,
-    TrainState,
-    evaluate,
-    fit,
-    init_state,
-    predict,
-)
+from fnlearn.state import History, NonFiniteLossError, TrainState
+from fnlearn.step import epoch_batches, train_epoch, train_step
+from fnlearn.train import evaluate, fit, init_state, predict
 
 __all__ = [
     "__version__",
@@ -65,10 +65,12 @@ __all__ = [
     "autodiff",
     "callbacks",
     "checkpoint",
+    "count_compilations",
     "data",
     "disable_compilation_cache",
     "distributed",
     "enable_compilation_cache",
+    "epoch_batches",
     "evaluate",
     "export",
     "export_model",
@@ -81,6 +83,7 @@ __all__ = [
     "load_fashion_mnist",
     "load_mnist",
     "losses",
+    "models",
     "nn",
     "optim",
     "parity",
@@ -89,8 +92,6 @@ __all__ = [
     "restore_checkpoint",
     "save_checkpoint",
     "tensors",
+    "train_epoch",
+    "train_step",
 ]
-
-from fnlearn.cache import _enable_by_default  # noqa: E402
-
-_enable_by_default()

@@ -25,7 +25,7 @@ from fnlearn.checkpoint import (
     restore_checkpoint,
     save_checkpoint,
 )
-from fnlearn.train import History, TrainState
+from fnlearn.state import History, TrainState
 
 
 def _is_better(monitor: str, mode: str):

@@ -27,7 +27,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from fnlearn.train import History, TrainState
+from fnlearn.state import History, TrainState
 
 FORMAT = "fnlearn-checkpoint"
 VERSION = 1

@@ -25,7 +25,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from fnlearn.nn import Layer
+from fnlearn.nn.core import Layer, apply
 
 FORMAT = "fnlearn-export"
 MODULE_MEMBER = "model.jaxexport"
@@ -36,9 +36,9 @@ class ExportError(ValueError):
     """An export file is corrupt, truncated or not an fnlearn export."""
 
 
-def _inference_function(model: Layer, params) -> Callable:
-    params = jax.tree.map(np.asarray, params)
-    return lambda x: model.apply(params, x)
+def _inference_function(model: Layer, params, model_state=None) -> Callable:
+    params, model_state = jax.tree.map(np.asarray, (params, model_state or {}))
+    return lambda x: apply(model, params, x, state=model_state)[0]
 
 
 def _batch_polymorphic_spec(input_shape: Sequence[int], dtype) -> jax.ShapeDtypeStruct:
@@ -47,8 +47,8 @@ def _batch_polymorphic_spec(input_shape: Sequence[int], dtype) -> jax.ShapeDtype
 
 
 def export_model(model: Layer, params, input_shape: Sequence[int], dtype, path: str | Path, *,
-                 platforms: Sequence[str] = ("cpu", "cuda")) -> Path:
-    """Serializes ``model`` with ``params`` baked in to a self-contained file at ``path``.
+                 model_state=None, platforms: Sequence[str] = ("cpu", "cuda")) -> Path:
+    """Serializes ``model`` with ``params`` (and state) baked in to a file at ``path``.
 
     Args:
       model: the model (``fnlearn.nn`` layer).
@@ -56,6 +56,8 @@ def export_model(model: Layer, params, input_shape: Sequence[int], dtype, path: 
       input_shape: per-example input shape (the batch size stays symbolic).
       dtype: input dtype, e.g. ``np.uint8`` for raw pixels.
       path: file to write.
+      model_state: its non-trainable state (``state.model_state``), if it has any;
+        inference uses it as it is (BatchNorm's running statistics).
       platforms: platforms the file can run on (lowered for each, no device needed).
 
     Returns:
@@ -63,7 +65,7 @@ def export_model(model: Layer, params, input_shape: Sequence[int], dtype, path: 
     """
     spec = _batch_polymorphic_spec(input_shape, dtype)
     try:
-        exported = jax.export.export(jax.jit(_inference_function(model, params)),
+        exported = jax.export.export(jax.jit(_inference_function(model, params, model_state)),
                                      platforms=tuple(platforms))(spec)
     except Exception as error:  # noqa: BLE001 - re-raised with the shapes that caused it
         raise ValueError(f"cannot export the model for inputs of per-example shape "
@@ -140,7 +142,7 @@ def load_exported(path: str | Path) -> Callable[[np.ndarray], np.ndarray]:
 
 
 def export_saved_model(model: Layer, params, input_shape: Sequence[int], dtype,
-                       directory: str | Path, *,
+                       directory: str | Path, *, model_state=None,
                        platforms: Sequence[str] = ("cpu", "cuda")) -> Path:
     """Writes ``model`` with ``params`` baked in as a TensorFlow SavedModel (for TF Serving).
 
@@ -148,7 +150,7 @@ def export_saved_model(model: Layer, params, input_shape: Sequence[int], dtype,
     ``(None, *input_shape)`` and returns ``outputs``. Needs TensorFlow.
 
     Args:
-      model, params, input_shape, dtype, platforms: as for ``export_model``.
+      model, params, input_shape, dtype, model_state, platforms: as for ``export_model``.
       directory: the SavedModel directory to create.
 
     Returns:
@@ -159,7 +161,7 @@ def export_saved_model(model: Layer, params, input_shape: Sequence[int], dtype,
 
     polymorphic = "(b, " + ", ".join(str(int(d)) for d in input_shape) + ")"
     # Inference only: no gradient function to save, so none to warn about on load.
-    converted = jax2tf.convert(_inference_function(model, params),
+    converted = jax2tf.convert(_inference_function(model, params, model_state),
                                polymorphic_shapes=[polymorphic], with_gradient=False,
                                native_serialization_platforms=tuple(platforms))
     signature = tf.TensorSpec((None, *map(int, input_shape)), tf.as_dtype(np.dtype(dtype)),

@@ -78,6 +78,45 @@ def sparse_categorical_crossentropy(labels, predictions, *, from_logits: bool = 
     return -picked[..., 0]
 
 
+def categorical_crossentropy(labels, predictions, *, from_logits: bool = False):
+    """Cross-entropy between one-hot (or soft) labels and a distribution over the last axis.
+
+    Keras's ``categorical_crossentropy``: labels have the predictions' shape.
+
+    Args:
+      labels: target distributions, shape ``predictions.shape``.
+      predictions: logits (``from_logits=True``) or probabilities (clipped to
+        ``[1e-7, 1 - 1e-7]`` and renormalized, as Keras does).
+
+    Returns:
+      One loss per example, shape ``predictions.shape[:-1]``.
+    """
+    if tuple(labels.shape) != tuple(predictions.shape):
+        raise ValueError(
+            f"categorical_crossentropy: labels shape {tuple(labels.shape)} != predictions shape "
+            f"{tuple(predictions.shape)}; it needs one-hot labels (for integer class ids use "
+            "sparse_categorical_crossentropy)")
+    if from_logits:
+        log_probs = jax.nn.log_softmax(predictions, axis=-1)
+    else:
+        clipped = jnp.clip(predictions, KERAS_EPSILON, 1.0 - KERAS_EPSILON)
+        log_probs = jnp.log(clipped / jnp.sum(clipped, axis=-1, keepdims=True))
+    return -jnp.sum(labels.astype(log_probs.dtype) * log_probs, axis=-1)
+
+
+def nll_loss(labels, log_probabilities):
+    """PyTorch's ``F.nll_loss`` per example: ``-log_probabilities[label]``.
+
+    Args:
+      labels: integer class ids, shape ``log_probabilities.shape[:-1]``.
+      log_probabilities: log-probabilities (a ``log_softmax`` output) on the last axis.
+    """
+    check_sparse_labels(labels, log_probabilities.shape, log_probabilities.shape[-1])
+    labels = labels.reshape(log_probabilities.shape[:-1])
+    picked = jnp.take_along_axis(log_probabilities, labels[..., None].astype(jnp.int32), axis=-1)
+    return -picked[..., 0]
+
+
 def mean_squared_error(targets, predictions):
     """Squared error averaged over the last axis: one value per example (Keras ``mse``).
 
@@ -91,17 +130,43 @@ def mean_squared_error(targets, predictions):
 
 
 def accuracy(labels, predictions):
-    """1.0 where ``argmax(predictions)`` equals the integer label, else 0.0, per example."""
+    """1.0 where ``argmax(predictions)`` equals the label, else 0.0, per example.
+
+    Labels are integer class ids, or one-hot rows (the predictions' shape), as with
+    Keras's ``categorical_accuracy``.
+    """
+    if tuple(labels.shape) == tuple(predictions.shape) and predictions.shape[-1] > 1:
+        labels = jnp.argmax(labels, axis=-1)
     labels = labels.reshape(predictions.shape[:-1])
     return (jnp.argmax(predictions, axis=-1) == labels).astype(jnp.float32)
 
 
+LOSSES: dict[str, Callable] = {
+    "sparse_categorical_crossentropy": sparse_categorical_crossentropy,
+    "categorical_crossentropy": categorical_crossentropy,
+    "nll_loss": nll_loss,
+    "mse": mean_squared_error,
+    "mean_squared_error": mean_squared_error,
+}
+
 METRICS: dict[str, Callable] = {
     "accuracy": accuracy,
+    "acc": accuracy,
+    "categorical_accuracy": accuracy,
     "sparse_categorical_accuracy": accuracy,
     "mse": mean_squared_error,
     "mean_squared_error": mean_squared_error,
 }
+
+
+def get_loss(loss: str | Callable) -> Callable:
+    """Resolves a loss given by name (Keras style) or as a per-example function."""
+    if callable(loss):
+        return loss
+    if not isinstance(loss, str) or loss not in LOSSES:
+        raise ValueError(f"unknown loss {loss!r}; known: {sorted(LOSSES)} or pass a function "
+                         "loss(labels, predictions) returning one value per example")
+    return LOSSES[loss]
 
 
 def get_metric(metric: str | Callable) -> tuple[str, Callable]:

@@ -55,3 +55,9 @@ def torch_sgd(lr: float, momentum: float = 0.0) -> optax.GradientTransformation:
 def keras_sgd(learning_rate: float = 0.01, momentum: float = 0.0) -> optax.GradientTransformation:
     """``keras.optimizers.SGD`` with its defaults (learning rate 0.01)."""
     return optax.sgd(learning_rate, momentum=momentum or None)
+
+
+def keras_rmsprop(learning_rate: float = 1e-3, rho: float = 0.9,
+                  epsilon: float = 1e-7) -> optax.GradientTransformation:
+    """``keras.optimizers.RMSprop`` with its defaults: ``p -= lr * g / (sqrt(ms) + eps)``."""
+    return optax.rmsprop(learning_rate, decay=rho, eps=epsilon, eps_in_sqrt=False)

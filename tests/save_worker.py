@@ -12,7 +12,7 @@ import sys
 import jax.numpy as jnp
 
 from fnlearn.checkpoint import latest_checkpoint, save_checkpoint
-from fnlearn.train import History, TrainState
+from fnlearn.state import History, TrainState
 
 # 4M float32 (16 MB) in the largest leaf: a save takes long enough to be killed during.
 BIG = 4_000_000
@@ -22,7 +22,8 @@ def state_of(epoch: int) -> TrainState:
     """The state saved for ``epoch``: every value equals ``epoch``."""
     params = {"dense": {"kernel": jnp.full((BIG,), epoch, jnp.float32),
                         "bias": jnp.full((1000,), epoch, jnp.float32)}}
-    return TrainState(params, (jnp.full((1000,), epoch, jnp.float32),), jnp.int32(epoch),
+    return TrainState(params, (jnp.full((1000,), epoch, jnp.float32),),
+                      {"count": jnp.full((10,), epoch, jnp.float32)}, jnp.int32(epoch),
                       jnp.int32(epoch), jnp.full((2,), epoch, jnp.uint32))
 
 

@@ -10,7 +10,7 @@ import fnlearn
 from fnlearn import nn, optim
 from fnlearn.callbacks import EarlyStopping, ModelCheckpoint
 from fnlearn.checkpoint import restore_checkpoint
-from fnlearn.train import History
+from fnlearn.state import History
 
 RNG = np.random.default_rng(0)
 X = RNG.normal(size=(96, 4)).astype(np.float32)

@@ -23,7 +23,7 @@ from fnlearn.checkpoint import (
     restore_checkpoint,
     save_checkpoint,
 )
-from fnlearn.train import History
+from fnlearn.state import History
 
 ROOT = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent

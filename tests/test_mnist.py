@@ -50,5 +50,5 @@ def test_resume_and_export_flags(tmp_path, capsys):
         np.testing.assert_array_equal(a, b)
     (_, _), (x_test, _) = fl.load_mnist(source="sample")
     served = fl.load_exported(tmp_path / "model.fnx")(x_test[:5])
-    expected = fl.predict(mnist.article_model(), resumed["state"].params, x_test[:5])
+    expected = fl.predict(fl.models.article_mlp(), resumed["state"].params, x_test[:5])
     np.testing.assert_array_equal(served, expected)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import fnlearn as fl
-from fnlearn import nn, train
+from fnlearn import nn
 
 
 def blobs(n=1000, seed=0):
@@ -37,37 +37,26 @@ def test_fit_learns_and_reports_keras_history():
     assert int(state.step) == 5 * 16 and int(state.epoch) == 5
 
 
-def test_one_compilation_per_shape_not_per_epoch():
+def test_one_compilation_per_shape_whatever_the_epoch_count_and_verbosity():
     # 1000 examples in batches of 64: 15 full batches and a partial one of 40.
     x, y = blobs()
     model, optimizer = mlp(), fl.optim.keras_adam()
-    compiled = train._compiled_train_epochs
-    before = compiled._cache_size()
-    fl.fit(model, x, y, loss=LOSS, optimizer=optimizer, epochs=1, batch_size=64, verbose=2)
-    after_one_epoch = compiled._cache_size()
-    fl.fit(model, x, y, loss=LOSS, optimizer=optimizer, epochs=4, batch_size=64, verbose=2)
-    assert after_one_epoch - before == 1
-    assert compiled._cache_size() == after_one_epoch, "later epochs must reuse the compiled epoch"
-    fl.fit(model, x[:500], y[:500], loss=LOSS, optimizer=optimizer, epochs=1, batch_size=64,
-           verbose=2)
-    assert compiled._cache_size() == after_one_epoch + 1, "a new data shape compiles once more"
-
-
-def test_whole_run_is_one_call_when_the_host_has_nothing_to_do(monkeypatch):
-    calls = []
-    compiled = train._compiled_train_epochs
-
-    def spy(*args, **kwargs):
-        calls.append(kwargs["num_epochs"])
-        return compiled(*args, **kwargs)
-
-    monkeypatch.setattr(train, "_compiled_train_epochs", spy)
-    x, y = blobs(200)
-    fl.fit(mlp(), x, y, loss=LOSS, optimizer=fl.optim.keras_adam(), epochs=7, verbose=0)
-    assert calls == [7]
-    calls.clear()
-    fl.fit(mlp(), x, y, loss=LOSS, optimizer=fl.optim.keras_adam(), epochs=3, verbose=2)
-    assert calls == [1, 1, 1]
+    for verbose, program in ((0, "jit(_train_epochs)"), (1, "jit(train_steps)"),
+                             (2, "jit(_train_epochs)")):
+        counts = []
+        for epochs in (1, 2, 3):
+            with fl.count_compilations() as compiled:
+                fl.fit(model, x, y, loss=LOSS, optimizer=optimizer, epochs=epochs,
+                       batch_size=64, verbose=verbose)
+            counts.append(sum(compiled.values()))
+            if verbose != 2:
+                first = compiled if epochs == 1 else first
+        assert counts[1:] == [0, 0], (verbose, counts)
+        assert verbose == 2 or first[program] == 1, (verbose, dict(first))
+    with fl.count_compilations() as compiled:
+        fl.fit(model, x[:500], y[:500], loss=LOSS, optimizer=optimizer, epochs=1, batch_size=64,
+               verbose=0)
+    assert compiled["jit(_train_epochs)"] == 1, "a new data shape compiles once more"
 
 
 def test_partial_last_batch_counts_every_example_exactly_once():

@@ -21,13 +21,7 @@ def main(argv: list[str] | None = None) -> None:
 
     # The same numpy reader as the other contenders, so data loading costs the same everywhere.
     (x, y), (xt, yt) = load_mnist(args.data_dir, args.limit, args.source)
-    model = fl.nn.serial(
-        fl.nn.Normalize(0.0, 255.0),
-        fl.nn.Flatten(),
-        fl.nn.Dense(128, activation="relu"),
-        fl.nn.Dropout(0.2),
-        fl.nn.Dense(10, activation="softmax"),
-    )
+    model = fl.models.article_mlp()
     start, start_unix = time.perf_counter(), time.time()
     state, history = fl.fit(
         model,
