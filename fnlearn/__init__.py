@@ -3,7 +3,8 @@
 Modules, one concept each:
 
 - ``nn``: layers as ``(init, apply)`` pairs, ``serial``, ``summary``, Flax interop.
-- ``models``: the reference programs' models. ``losses``: losses and metrics. ``optim``: Optax presets matching Keras and PyTorch.
+- ``models``: the reference programs' models. ``losses``: losses and metrics.
+- ``optim``: Optax presets matching Keras and PyTorch.
 - ``state``: ``TrainState``, ``History``. ``step``: the pure ``train_step`` and ``train_epoch``.
 - ``train`` (``fit``, ``evaluate``, ``predict``): thin host drivers over ``step``.
 - ``data``: MNIST from tensorflow-datasets, IDX files or the shipped sample.

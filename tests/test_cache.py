@@ -14,7 +14,8 @@ IMPORT_ONLY = "import fnlearn, jax; print(jax.config.jax_compilation_cache_dir)"
 FIRST_USE = ("import fnlearn, jax, numpy as np\n"
              "before = jax.config.jax_compilation_cache_dir\n"
              "model = fnlearn.nn.serial(fnlearn.nn.Dense(2))\n"
-             "fnlearn.predict(model, fnlearn.nn.init(model, 0, (3,)), np.ones((4, 3), np.float32))\n"
+             "params = fnlearn.nn.init(model, 0, (3,))\n"
+             "fnlearn.predict(model, params, np.ones((4, 3), np.float32))\n"
              "print(before, jax.config.jax_compilation_cache_dir)")
 
 
