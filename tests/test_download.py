@@ -98,6 +98,7 @@ def write_random_idx(folder: Path) -> Path:
 @needs_full_mnist
 def test_fresh_download_then_the_cache(server_for, tmp_path, monkeypatch):
     monkeypatch.delenv(data.DATA_DIR_ENV, raising=False)
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds"))  # no prepared tfds copy
     server = server_for(FULL_MNIST)
     cache = tmp_path / "cache"
     dataset = data.load_mnist(cache_dir=cache)
