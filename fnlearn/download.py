@@ -19,8 +19,6 @@ import urllib.request
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from tqdm import tqdm
-
 MIRROR_ENV = "FNLEARN_DATASET_MIRROR"
 CACHE_ENV = "FNLEARN_DATA_CACHE"
 PROBE_TIMEOUT = 2.0  # seconds for name lookup plus TCP connect, all mirror hosts together
@@ -175,6 +173,8 @@ def _fetch_one(
 def _download_verified(
     url: str, path: Path, verify: Callable[[str, bytes], None], progress: bool
 ) -> None:
+    from tqdm import tqdm
+
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
     try:
         with os.fdopen(handle, "wb") as out, urllib.request.urlopen(
