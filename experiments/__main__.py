@@ -1,7 +1,9 @@
 """Runs every experiment in the article's order: ``python -m experiments [--out out]``.
 
-MNIST uses the full data when ``FNLEARN_DATA_DIR`` (or tensorflow-datasets)
-provides it, and the sample shipped with fnlearn otherwise.
+MNIST uses the full data: from ``FNLEARN_DATA_DIR``, a prepared
+tensorflow-datasets copy, or a download kept in ``~/.cache/fnlearn``
+(``FNLEARN_DATASET_MIRROR`` names another mirror). Offline, it uses the sample
+shipped with fnlearn and says so.
 """
 
 from __future__ import annotations

@@ -5,7 +5,11 @@ defaults, sparse categorical cross-entropy, 5 epochs of batch 32, validation on
 the test set after each epoch. The images stay uint8 on the device; the model's
 first layer divides by 255 exactly as the article's ``images / 255.0``.
 
-    python experiments/mnist.py [--data-dir DIR] [--epochs 5] [--out out/mnist]
+    python experiments/mnist.py [--dataset mnist|fashion_mnist] [--data-dir DIR] [--epochs 5]
+                                [--out out/mnist] [--logdir logs/mnist]
+
+``--dataset fashion_mnist`` trains the same model on Fashion-MNIST, as swapping
+``keras.datasets.mnist`` for ``keras.datasets.fashion_mnist`` does in Keras.
 """
 
 from __future__ import annotations
@@ -17,22 +21,34 @@ import time
 import numpy as np
 
 import fnlearn as fl
+from fnlearn.logging import CSVLogger, TensorBoard
+
+
+LOADERS = {"mnist": fl.data.load_mnist, "fashion_mnist": fl.data.load_fashion_mnist}
+TITLES = {"mnist": "MNIST", "fashion_mnist": "Fashion-MNIST"}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dataset", choices=tuple(LOADERS), default="mnist",
+                        help="which dataset (default: %(default)s)")
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--data-dir", type=pathlib.Path, default=None,
-                        help="folder of the four MNIST IDX files (default: $FNLEARN_DATA_DIR)")
-    parser.add_argument("--source", choices=("auto", "idx", "tfds", "sample"), default="auto",
+                        help="folder of the four IDX files (default: $FNLEARN_DATA_DIR)")
+    parser.add_argument("--source", choices=fl.data.SOURCES, default="auto",
                         help="where the data comes from (default: %(default)s; see docs/data.md)")
+    parser.add_argument("--cache-dir", type=pathlib.Path, default=None,
+                        help="where downloads are kept (default: $FNLEARN_DATA_CACHE, else "
+                             "~/.cache/fnlearn)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--verbose", type=int, choices=(0, 1, 2), default=2,
                         help="0 silent, 1 progress bar, 2 one line per epoch (default)")
     parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path("out/mnist"),
                         help="folder for the plots (default: %(default)s)")
     parser.add_argument("--no-plots", action="store_true", help="skip the pictures")
+    parser.add_argument("--logdir", type=pathlib.Path, default=None,
+                        help="write TensorBoard event files and training.csv (Keras's CSV) here")
     parser.add_argument("--checkpoint-dir", type=pathlib.Path, default=None,
                         help="save the training state after every epoch here (Orbax; keeps 3)")
     parser.add_argument("--resume", action="store_true",
@@ -47,9 +63,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     started = time.perf_counter()
-    (x_train, y_train), (x_test, y_test) = data = fl.data.load_mnist(
-        source=args.source, data_dir=args.data_dir)
-    print(f"MNIST from {data.source}: {len(x_train)} train, {len(x_test)} test images")
+    (x_train, y_train), (x_test, y_test) = data = LOADERS[args.dataset](
+        source=args.source, data_dir=args.data_dir, cache_dir=args.cache_dir)
+    print(f"{TITLES[args.dataset]} from {data.source}: {len(x_train)} train, "
+          f"{len(x_test)} test images")
 
     model = fl.models.article_mlp()
     loss = fl.losses.sparse_categorical_crossentropy
@@ -57,6 +74,8 @@ def main(argv: list[str] | None = None) -> dict:
     if args.resume and checkpoint_dir is None:
         checkpoint_dir = args.out / "checkpoints"
     callbacks = [fl.ModelCheckpoint(checkpoint_dir, keep=3)] if checkpoint_dir else []
+    if args.logdir:
+        callbacks += [TensorBoard(args.logdir), CSVLogger(args.logdir / "training.csv")]
     state, history = fl.fit(
         model, x_train, y_train, loss=loss, optimizer=fl.optim.keras_adam(),
         metrics=["accuracy"], epochs=args.epochs, batch_size=args.batch_size,
@@ -80,7 +99,7 @@ def main(argv: list[str] | None = None) -> dict:
                                              args.out / "misclassified.png")]
         print("Plots saved to " + ", ".join(str(p) for p in paths))
     return {"test_accuracy": results["accuracy"], "history": history, "state": state,
-            "source": data.source, "seconds": fit_seconds}
+            "source": data.source, "dataset": args.dataset, "seconds": fit_seconds}
 
 
 if __name__ == "__main__":

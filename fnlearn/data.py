@@ -1,4 +1,4 @@
-"""MNIST and Fashion-MNIST as NumPy arrays, from IDX files, tensorflow-datasets or a shipped sample.
+"""MNIST and Fashion-MNIST as NumPy arrays: IDX files, tensorflow-datasets, a download or a sample.
 
     (x_train, y_train), (x_test, y_test) = load_mnist()
 
@@ -8,34 +8,35 @@ and anything wrong raises `DataError` naming the file or folder; nothing half-lo
 See docs/data.md for how ``source="auto"`` chooses.
 """
 
-import gzip
-import hashlib
 import importlib.util
 import os
-import socket
 import sys
-import threading
-import zlib
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 
-DATA_DIR_ENV = "FNLEARN_DATA_DIR"
-SOURCES = ("auto", "idx", "tfds", "sample")
+from fnlearn import download
+from fnlearn.idx import (
+    FILE_NAMES,
+    IMAGE_MAGIC,
+    LABEL_MAGIC,
+    DataError,
+    check_official,
+    decompress,
+    find_idx_file,
+    parse_idx,
+    read_file,
+    read_idx,
+)
 
-IMAGE_MAGIC = 2051  # IDX: unsigned bytes, 3 dimensions (count, rows, cols)
-LABEL_MAGIC = 2049  # IDX: unsigned bytes, 1 dimension (count)
+__all__ = ["DataError", "Dataset", "Split", "load_fashion_mnist", "load_mnist", "read_idx"]
+
+DATA_DIR_ENV = "FNLEARN_DATA_DIR"
+SOURCES = ("auto", "idx", "tfds", "download", "sample")
+
 NUM_CLASSES = 10
 IMAGE_SHAPE = (28, 28)
-
-# The four standard IDX file names; MNIST and Fashion-MNIST use the same ones.
-FILE_NAMES = {
-    "train_images": "train-images-idx3-ubyte",
-    "train_labels": "train-labels-idx1-ubyte",
-    "test_images": "t10k-images-idx3-ubyte",
-    "test_labels": "t10k-labels-idx1-ubyte",
-}
 
 # sha256 of the uncompressed official MNIST files. Hashing after decompression makes the check
 # independent of how a mirror gzipped them.
@@ -45,14 +46,33 @@ MNIST_SHA256 = {
     "t10k-images-idx3-ubyte": "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
     "t10k-labels-idx1-ubyte": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
 }
+# sha256 of the official .gz files, as tensorflow-datasets 4.9.10 records them
+# (tensorflow_datasets/url_checksums/mnist.txt and fashion_mnist.txt).
+MNIST_ARCHIVE_SHA256 = {
+    "train-images-idx3-ubyte": "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
+    "train-labels-idx1-ubyte": "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",
+    "t10k-images-idx3-ubyte": "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
+    "t10k-labels-idx1-ubyte": "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6",
+}
+FASHION_MNIST_ARCHIVE_SHA256 = {
+    "train-images-idx3-ubyte": "3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84",
+    "train-labels-idx1-ubyte": "a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845",
+    "t10k-images-idx3-ubyte": "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073",
+    "t10k-labels-idx1-ubyte": "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5",
+}
+# Public mirrors of the .gz files, in order: tensorflow-datasets', torchvision's, Keras'.
+MNIST_MIRRORS = (
+    "https://storage.googleapis.com/cvdf-datasets/mnist/",
+    "https://ossci-datasets.s3.amazonaws.com/mnist/",
+)
+FASHION_MNIST_MIRRORS = (
+    "https://storage.googleapis.com/tensorflow/tf-keras-datasets/",
+    "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+)
 
 ASSETS_DIR = Path(__file__).parent / "assets"
 # The shipped sample is four gzipped IDX files named "<prefix><standard name>.gz" in ASSETS_DIR.
 MNIST_SAMPLE_PREFIX = "mnist-sample-"
-
-
-class DataError(ValueError):
-    """A data file or source is missing, corrupt, or not what was asked for."""
 
 
 class Split(NamedTuple):
@@ -101,19 +121,18 @@ class _Spec(NamedTuple):
     """What differs between the datasets this module knows."""
 
     title: str
-    tfds_name: str
-    download_host: tuple[str, int]  # where tfds fetches the raw files; probed before downloading
+    name: str  # tensorflow-datasets' name; also the cache subfolder
+    mirrors: tuple[str, ...]
     sha256: dict[str, str]  # of the uncompressed official files; empty when not known
+    archive_sha256: dict[str, str]  # of the official .gz files
     sample_prefix: str | None  # of the shipped sample's files; None when none is shipped
 
 
-_MNIST = _Spec("MNIST", "mnist", ("storage.googleapis.com", 443), MNIST_SHA256, MNIST_SAMPLE_PREFIX)
+_MNIST = _Spec(
+    "MNIST", "mnist", MNIST_MIRRORS, MNIST_SHA256, MNIST_ARCHIVE_SHA256, MNIST_SAMPLE_PREFIX
+)
 _FASHION_MNIST = _Spec(
-    "Fashion-MNIST",
-    "fashion_mnist",
-    ("fashion-mnist.s3-website.eu-central-1.amazonaws.com", 80),
-    {},
-    None,
+    "Fashion-MNIST", "fashion_mnist", FASHION_MNIST_MIRRORS, {}, FASHION_MNIST_ARCHIVE_SHA256, None
 )
 
 
@@ -123,18 +142,22 @@ def load_mnist(
     normalize: bool = False,
     *,
     verify: bool = True,
+    cache_dir: str | os.PathLike | None = None,
 ) -> Dataset:
     """Load MNIST as ``((x_train, y_train), (x_test, y_test))`` NumPy arrays.
 
     Args:
-      source: "idx" (a folder of the four IDX files), "tfds" (tensorflow-datasets), "sample" (the
-        6000/1000-image sample shipped with fnlearn) or "auto": IDX if a folder is given, else tfds
-        if it has the data cached or can download it, else the sample with a one-line notice on
-        stderr.
+      source: "idx" (a folder of the four IDX files), "tfds" (tensorflow-datasets), "download"
+        (the IDX files from a public mirror, kept in a cache folder), "sample" (the 6000/1000-image
+        sample shipped with fnlearn) or "auto": IDX if a folder is given, else a prepared tfds
+        copy, else the download, else the sample with a one-line notice on stderr.
       data_dir: for "idx" and "auto", the IDX folder (default: $FNLEARN_DATA_DIR); for "tfds", the
         tfds data dir (default: tfds' own, ~/tensorflow_datasets or $TFDS_DATA_DIR).
       normalize: return float32 images ``(images / 255.0).astype(np.float32)`` instead of uint8.
-      verify: for IDX files, also check the sha256 of each file against the official MNIST files.
+      verify: for an IDX folder, also check the sha256 of each file against the official files
+        (downloads are always checked).
+      cache_dir: for downloads, the cache folder (default: $FNLEARN_DATA_CACHE, else
+        ~/.cache/fnlearn); the files go in its "mnist" subfolder.
 
     Returns:
       A `Dataset`: train and test `Split`s of uint8 (N, 28, 28) images (float32 if normalize)
@@ -143,7 +166,7 @@ def load_mnist(
     Raises:
       DataError: a file is missing or corrupt, or no source has the data.
     """
-    return _load(_MNIST, source, data_dir, normalize, verify)
+    return _load(_MNIST, source, data_dir, normalize, verify, cache_dir)
 
 
 def load_fashion_mnist(
@@ -152,18 +175,20 @@ def load_fashion_mnist(
     normalize: bool = False,
     *,
     verify: bool = True,
+    cache_dir: str | os.PathLike | None = None,
 ) -> Dataset:
     """Load Fashion-MNIST as ``((x_train, y_train), (x_test, y_test))`` NumPy arrays.
 
-    Same as `load_mnist`, except that no sample is shipped (so "auto" raises `DataError` when
-    neither an IDX folder nor tfds has the data) and IDX files get the structural checks only:
-    fnlearn records no hashes for Fashion-MNIST.
+    Same as `load_mnist`, except that no sample is shipped (so "auto" raises `DataError` when no
+    other source has the data), and that only the hashes of the official .gz files are recorded,
+    so ``verify`` checks gzipped IDX files and leaves uncompressed ones to the structural checks.
 
     Args:
-      source: "idx", "tfds" or "auto" (see `load_mnist`).
+      source: "idx", "tfds", "download" or "auto" (see `load_mnist`).
       data_dir: the IDX folder (default: $FNLEARN_DATA_DIR) or, for "tfds", the tfds data dir.
       normalize: return float32 images ``(images / 255.0).astype(np.float32)`` instead of uint8.
-      verify: unused for Fashion-MNIST (kept so both loaders take the same arguments).
+      verify: for an IDX folder, check each .gz file against the official archive's sha256.
+      cache_dir: as for `load_mnist`; the files go in its "fashion_mnist" subfolder.
 
     Returns:
       A `Dataset`, as for `load_mnist`.
@@ -171,24 +196,7 @@ def load_fashion_mnist(
     Raises:
       DataError: a file is missing or corrupt, or no source has the data.
     """
-    return _load(_FASHION_MNIST, source, data_dir, normalize, verify)
-
-
-def read_idx(path: str | os.PathLike) -> np.ndarray:
-    """Read one unsigned-byte IDX file, raw or gzipped, checking its header against its length.
-
-    Args:
-      path: the file; a name ending in ".gz" is decompressed.
-
-    Returns:
-      A uint8 array with the dimensions from the header (e.g. (N, 28, 28) for images).
-
-    Raises:
-      DataError: the file is missing, is not valid gzip, has a bad magic number, or its length
-        does not match its header.
-    """
-    data = _read_bytes(Path(path))
-    return _parse_idx(data, Path(path))
+    return _load(_FASHION_MNIST, source, data_dir, normalize, verify, cache_dir)
 
 
 def _load(
@@ -197,17 +205,23 @@ def _load(
     data_dir: str | os.PathLike | None,
     normalize: bool,
     verify: bool,
+    cache_dir: str | os.PathLike | None,
 ) -> Dataset:
     if source not in SOURCES:
         raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
-    if source == "sample" and data_dir is not None:
-        raise ValueError("data_dir has no meaning for source='sample'")
+    if source in ("sample", "download") and data_dir is not None:
+        raise ValueError(f"data_dir has no meaning for source={source!r}")
     if source == "auto":
-        dataset = _load_auto(spec, data_dir, verify)
+        dataset = _load_auto(spec, data_dir, verify, cache_dir)
     elif source == "idx":
         dataset = Dataset(*_load_idx_folder(spec, _idx_folder(data_dir), verify), "idx")
     elif source == "tfds":
         dataset = Dataset(*_load_tfds(spec, data_dir, download=True), "tfds")
+    elif source == "download":
+        try:
+            dataset = Dataset(*_load_download(spec, cache_dir), "download")
+        except download.DownloadError as error:
+            raise DataError(f"{spec.title}: {error}") from error
     else:
         dataset = Dataset(*_load_sample(spec), "sample")
     if not normalize:
@@ -220,22 +234,26 @@ def _load(
     return Dataset(train, test, dataset.source)
 
 
-def _load_auto(spec: _Spec, data_dir: str | os.PathLike | None, verify: bool) -> Dataset:
+def _load_auto(
+    spec: _Spec,
+    data_dir: str | os.PathLike | None,
+    verify: bool,
+    cache_dir: str | os.PathLike | None,
+) -> Dataset:
     folder = data_dir if data_dir is not None else os.environ.get(DATA_DIR_ENV)
     if folder:
         # A folder the user named is never silently replaced by another source.
         return Dataset(*_load_idx_folder(spec, Path(folder), verify), "idx")
     if _tfds_has_cached(spec):
         return Dataset(*_load_tfds(spec, None, download=False), "tfds")
-    why_not = _why_tfds_cannot_download(spec)
-    if why_not is None:
-        try:
-            return Dataset(*_load_tfds(spec, None, download=True), "tfds")
-        except DataError as error:
-            why_not = str(error)
+    try:
+        # A corrupt download raises DataError: only being offline falls through to the sample.
+        return Dataset(*_load_download(spec, cache_dir), "download")
+    except download.DownloadError as error:
+        why_not = str(error)
     hint = (
-        f"set {DATA_DIR_ENV} to a folder of the four IDX files, or install tensorflow "
-        "and let tensorflow-datasets download it"
+        f"set {DATA_DIR_ENV} to a folder of the four IDX files, or {download.MIRROR_ENV} to a "
+        "mirror that serves them"
     )
     if spec.sample_prefix is None:
         raise DataError(f"no {spec.title} data found ({why_not}); {hint}")
@@ -247,6 +265,20 @@ def _load_auto(spec: _Spec, data_dir: str | os.PathLike | None, verify: bool) ->
     )
     print(" ".join(notice.split()), file=sys.stderr)
     return Dataset(train, test, "sample")
+
+
+def _load_download(spec: _Spec, cache_dir: str | os.PathLike | None) -> tuple[Split, Split]:
+    """Read the dataset from the cache, downloading the files it lacks first."""
+
+    def verify(url: str, raw: bytes) -> None:
+        name = url.rsplit("/", 1)[-1].removesuffix(".gz")
+        check_official(url, raw, decompress(raw, url), spec.sha256.get(name),
+                       spec.archive_sha256.get(name), f"{spec.title} {name}.gz")
+
+    folder = download.cache_folder(cache_dir) / spec.name
+    names = [f"{name}.gz" for name in FILE_NAMES.values()]
+    download.fetch(names, download.mirrors_for(spec.name, spec.mirrors), folder, verify)
+    return _load_idx_folder(spec, folder, verify=True)
 
 
 def _idx_folder(data_dir: str | os.PathLike | None) -> Path:
@@ -261,19 +293,19 @@ def _load_idx_folder(
 ) -> tuple[Split, Split]:
     if not folder.is_dir():
         raise DataError(f"{folder}: not a folder (expected the four {spec.title} IDX files)")
-    paths = {key: _find_idx_file(folder, prefix + name) for key, name in FILE_NAMES.items()}
+    paths = {key: find_idx_file(folder, prefix + name) for key, name in FILE_NAMES.items()}
     arrays = {}
     for key, path in paths.items():
-        data = _read_bytes(path)
+        raw, data = read_file(path)
         name = FILE_NAMES[key]
-        expected = spec.sha256.get(name) if verify and not prefix else None
-        if expected is not None and hashlib.sha256(data).hexdigest() != expected:
-            raise DataError(
-                f"{path}: sha256 of the uncompressed data is not the official {spec.title} "
-                f"{name}'s ({expected}); the file is corrupt or another dataset. Pass "
-                "verify=False to load it anyway"
-            )
-        arrays[key] = _parse_idx(data, path, IMAGE_MAGIC if "images" in key else LABEL_MAGIC)
+        if verify and not prefix:
+            archive_sha256 = spec.archive_sha256.get(name) if path.suffix == ".gz" else None
+            try:
+                check_official(path, raw, data, spec.sha256.get(name), archive_sha256,
+                               f"{spec.title} {name}")
+            except DataError as error:
+                raise DataError(f"{error}. Pass verify=False to load it anyway") from None
+        arrays[key] = parse_idx(data, path, IMAGE_MAGIC if "images" in key else LABEL_MAGIC)
     return tuple(
         _checked_split(
             arrays[f"{split}_images"],
@@ -284,58 +316,6 @@ def _load_idx_folder(
         )
         for split in ("train", "test")
     )
-
-
-def _find_idx_file(folder: Path, name: str) -> Path:
-    # The raw file wins over its .gz when both are there: it is the cheaper one to read.
-    for candidate in (folder / name, folder / f"{name}.gz"):
-        if candidate.is_file():
-            return candidate
-    raise DataError(f"{folder / name}: missing (looked for {name} and {name}.gz in {folder})")
-
-
-def _read_bytes(path: Path) -> bytes:
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError as error:
-        raise DataError(f"{path}: missing") from error
-    except OSError as error:
-        raise DataError(f"{path}: cannot be read ({error})") from error
-    if path.suffix != ".gz":
-        return raw
-    try:
-        return gzip.decompress(raw)
-    except (OSError, EOFError, zlib.error) as error:
-        raise DataError(f"{path}: not a valid gzip file ({error})") from error
-
-
-def _parse_idx(data: bytes, path: Path, expected_magic: int | None = None) -> np.ndarray:
-    # Header: two zero bytes, a type code (0x08 = unsigned byte), the number of dimensions, then
-    # one big-endian uint32 per dimension. The magic numbers 2051 and 2049 are 0x0803 and 0x0801.
-    if len(data) < 4:
-        raise DataError(f"{path}: {len(data)} bytes, too short for an IDX header")
-    magic = int.from_bytes(data[:4], "big")
-    ndim = data[3]
-    if data[:3] != b"\x00\x00\x08" or ndim == 0:
-        raise DataError(
-            f"{path}: magic number {magic}, expected an unsigned-byte IDX file "
-            f"({IMAGE_MAGIC} for images, {LABEL_MAGIC} for labels)"
-        )
-    if expected_magic is not None and magic != expected_magic:
-        kind = "images" if expected_magic == IMAGE_MAGIC else "labels"
-        raise DataError(f"{path}: magic number {magic}, expected {expected_magic} for {kind}")
-    header_size = 4 + 4 * ndim
-    if len(data) < header_size:
-        raise DataError(f"{path}: {len(data)} bytes, too short for a {ndim}-dimension IDX header")
-    shape = tuple(int(d) for d in np.frombuffer(data, ">u4", count=ndim, offset=4))
-    expected_size = header_size + int(np.prod(shape))
-    if len(data) != expected_size:
-        what = "truncated" if len(data) < expected_size else "has trailing bytes"
-        raise DataError(
-            f"{path}: {what}: {len(data)} bytes, but a header of shape {shape} means "
-            f"{expected_size}"
-        )
-    return np.frombuffer(data, np.uint8, offset=header_size).reshape(shape)
 
 
 def _checked_split(
@@ -387,42 +367,11 @@ def _tfds_has_cached(spec: _Spec) -> bool:
     # Look for the dataset's folder first: importing tfds takes seconds, and asking its
     # builder about a dataset it never prepared logs a warning.
     data_dir = Path(os.environ.get("TFDS_DATA_DIR") or Path.home() / "tensorflow_datasets")
-    if not (data_dir / spec.tfds_name).is_dir():
+    if not (data_dir / spec.name).is_dir():
         return False
     import tensorflow_datasets as tfds
 
-    return tfds.builder(spec.tfds_name).is_prepared()
-
-
-def _why_tfds_cannot_download(spec: _Spec) -> str | None:
-    """Why tfds cannot download the dataset here, or None if it likely can."""
-    if importlib.util.find_spec("tensorflow_datasets") is None:
-        return "tensorflow-datasets is not installed"
-    if importlib.util.find_spec("tensorflow") is None:
-        return "tensorflow-datasets needs TensorFlow to prepare a download"
-    host, port = spec.download_host
-    if not _reachable(host, port):
-        return f"no cached copy in tensorflow-datasets' data dir and {host} is unreachable"
-    return None
-
-
-def _reachable(host: str, port: int, timeout: float = 2.0) -> bool:
-    """Whether a TCP connection to host:port opens within timeout seconds."""
-    # Name lookup ignores socket timeouts and can hang for long on an offline machine, so the
-    # probe runs in a daemon thread that is abandoned after the timeout.
-    opened = []
-
-    def probe() -> None:
-        try:
-            socket.create_connection((host, port), timeout=timeout).close()
-            opened.append(True)
-        except OSError:
-            pass
-
-    thread = threading.Thread(target=probe, daemon=True)
-    thread.start()
-    thread.join(timeout)
-    return bool(opened)
+    return tfds.builder(spec.name).is_prepared()
 
 
 def _load_tfds(
@@ -435,8 +384,8 @@ def _load_tfds(
             "source='tfds' needs tensorflow-datasets: pip install tensorflow-datasets"
         ) from error
     has_tensorflow = _tensorflow_available()
-    builder = tfds.builder(spec.tfds_name, data_dir=data_dir)
-    where = f"tensorflow-datasets' {spec.tfds_name} in {builder.data_dir}"
+    builder = tfds.builder(spec.name, data_dir=data_dir)
+    where = f"tensorflow-datasets' {spec.name} in {builder.data_dir}"
     if not builder.is_prepared():
         if not download:
             raise DataError(f"{where}: not downloaded and prepared")

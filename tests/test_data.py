@@ -46,11 +46,11 @@ def write_folder(folder: Path, arrays: dict[str, np.ndarray], gz: bool) -> Path:
 
 @pytest.fixture
 def offline(monkeypatch, tmp_path):
-    """No FNLEARN_DATA_DIR, an empty tfds data dir, and no route to the download hosts."""
+    """No FNLEARN_DATA_DIR, an empty tfds data dir, and no download mirror (see conftest.py)."""
     tfds = pytest.importorskip("tensorflow_datasets")
     monkeypatch.delenv(data.DATA_DIR_ENV, raising=False)
     monkeypatch.setattr(tfds.core.constants, "DATA_DIR", str(tmp_path / "tfds"))
-    monkeypatch.setattr(data, "_reachable", lambda host, port: False)
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds"))
 
 
 @pytest.mark.parametrize("gz", [False, True], ids=["raw", "gz"])
@@ -75,7 +75,7 @@ def test_read_idx_returns_the_header_shape(tmp_path):
 
 def test_fashion_mnist_reads_the_same_file_names(tmp_path):
     arrays = small_mnist(seed=1)
-    dataset = data.load_fashion_mnist("idx", write_folder(tmp_path, arrays, gz=True))
+    dataset = data.load_fashion_mnist("idx", write_folder(tmp_path, arrays, gz=True), verify=False)
     np.testing.assert_array_equal(dataset.train.images, arrays["train_images"])
     assert dataset.source == "idx"
 
@@ -99,6 +99,16 @@ def test_verify_rejects_files_that_are_not_the_official_mnist(tmp_path):
     folder = write_folder(tmp_path, small_mnist(), gz=True)
     with pytest.raises(data.DataError, match=r"train-images-idx3-ubyte\.gz: sha256"):
         data.load_mnist("idx", folder)
+
+
+def test_fashion_mnist_verify_checks_gz_files_against_the_official_archives(tmp_path):
+    arrays = small_mnist()
+    gz_folder = write_folder(tmp_path / "gz", arrays, gz=True)
+    with pytest.raises(data.DataError, match=r"train-images-idx3-ubyte\.gz: sha256.*official \.gz"):
+        data.load_fashion_mnist("idx", gz_folder)
+    # Only the archives' hashes are recorded, so uncompressed files get the structural checks.
+    raw = data.load_fashion_mnist("idx", write_folder(tmp_path / "raw", arrays, gz=False))
+    np.testing.assert_array_equal(raw.test.labels, arrays["test_labels"])
 
 
 def corrupt_bad_magic(folder, arrays):
@@ -228,7 +238,7 @@ def test_dataset_unpacks_like_keras_pickles_and_reports_its_source():
 def test_auto_offline_falls_back_to_the_sample_with_a_one_line_notice(offline, capsys):
     start = time.perf_counter()
     dataset = data.load_mnist()
-    assert time.perf_counter() - start < 10
+    assert time.perf_counter() - start < 3
     assert dataset.source == "sample"
     assert len(dataset.train.labels) == 6000
     notice = capsys.readouterr().err
@@ -241,13 +251,6 @@ def test_auto_offline_fashion_mnist_has_no_sample_to_fall_back_to(offline):
         data.load_fashion_mnist()
     with pytest.raises(data.DataError, match="no Fashion-MNIST sample"):
         data.load_fashion_mnist("sample")
-
-
-def test_unreachable_host_is_detected_within_the_timeout():
-    start = time.perf_counter()
-    # 192.0.2.1 is reserved for documentation (RFC 5737), so nothing answers there.
-    assert not data._reachable("192.0.2.1", 443, timeout=0.5)
-    assert time.perf_counter() - start < 2
 
 
 @pytest.mark.parametrize("has_tensorflow", [True, False], ids=["as_dataset", "data_source"])

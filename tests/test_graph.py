@@ -1,5 +1,6 @@
 """fnlearn.graph: tracing a function into nodes, DOT, lowered and compiled views, costs."""
 
+import re
 import shutil
 import subprocess
 
@@ -9,6 +10,7 @@ import numpy as np
 import pytest
 
 from fnlearn import graph as graph_lib
+from fnlearn import graph_picture
 from fnlearn.graph import (
     GraphvizNotFoundError,
     cost_analysis,
@@ -121,23 +123,58 @@ def test_to_dot_is_structurally_valid():
 
 
 @pytest.mark.skipif(not HAVE_DOT, reason="Graphviz `dot` is not installed")
-def test_to_dot_parses_with_graphviz_and_render_writes_png(tmp_path):
+def test_to_dot_parses_with_graphviz(tmp_path):
     graph = trace(add, 2.0, 3.0, output_names=["c"])
     done = subprocess.run(["dot", "-Tsvg"], input=to_dot(graph), text=True,
                           capture_output=True, check=False)
     assert done.returncode == 0, done.stderr
     assert "<svg" in done.stdout
-    path = render(graph, tmp_path / "sub" / "graph.png")
+    path = render(graph, tmp_path / "dot.png", engine="graphviz")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_render_without_graphviz_says_how_to_install(monkeypatch, tmp_path):
+def test_render_writes_png_with_or_without_graphviz(monkeypatch, tmp_path):
+    graph = trace(add, 2.0, 3.0, output_names=["c"])
+    path = render(graph, tmp_path / "sub" / "graph.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     monkeypatch.setattr(graph_lib.shutil, "which", lambda name: None)
+    path = render(graph, tmp_path / "no_dot.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_matplotlib_picture_shows_the_dot_labels(tmp_path):
+    matplotlib = pytest.importorskip("matplotlib")
+    graph = trace(add, 2.0, 3.0, output_names=["c"])
+    with matplotlib.rc_context({"svg.fonttype": "none"}):  # keep text as text in the SVG
+        svg = render(graph, tmp_path / "graph.svg", engine="matplotlib").read_text()
+    texts = re.findall(r"<text[^>]*>([^<]*)</text>", svg)
+    assert texts == ["a", "2.0", "float32[]", "b", "3.0", "float32[]",
+                     "c", "add", "5.0", "float32[]"]
+    assert svg.count("<path") > 0
+
+
+def test_layers_put_every_edge_left_to_right():
+    graph = trace(jax.grad(mean_of_squares), jnp.array([1.0, 2.0, 3.0]))
+    columns = graph_picture.layers(graph)
+    column_of = {name: i for i, column in enumerate(columns) for name in column}
+    assert sorted(column_of) == sorted(node.name for node in graph.nodes)
+    assert columns[0] == [n.name for n in graph.nodes if not n.inputs]
+    for node in graph.nodes:
+        for source in node.inputs:
+            assert column_of[source] < column_of[node.name], (source, node.name)
+    assert column_of[graph.of_kind("output")[0].name] == len(columns) - 1
+
+
+def test_render_errors_name_the_problem(monkeypatch, tmp_path):
     graph = trace(add, 2.0, 3.0)
-    with pytest.raises(GraphvizNotFoundError, match="apt-get install graphviz"):
-        render(graph, tmp_path / "graph.png")
     with pytest.raises(ValueError, match=".png, .svg or .pdf"):
         render(graph, tmp_path / "graph.jpg")
+    with pytest.raises(ValueError, match="engine must be"):
+        render(graph, tmp_path / "graph.png", engine="tikz")
+    monkeypatch.setattr(graph_lib.shutil, "which", lambda name: None)
+    with pytest.raises(GraphvizNotFoundError, match="apt-get install graphviz"):
+        render(graph, tmp_path / "graph.png", engine="graphviz")
+    assert not (tmp_path / "graph.png").exists()
 
 
 MATMUL_ARGS = (jax.ShapeDtypeStruct((8, 16), jnp.float32),

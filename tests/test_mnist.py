@@ -52,3 +52,28 @@ def test_resume_and_export_flags(tmp_path, capsys):
     served = fl.load_exported(tmp_path / "model.fnx")(x_test[:5])
     expected = fl.predict(fl.models.article_mlp(), resumed["state"].params, x_test[:5])
     np.testing.assert_array_equal(served, expected)
+
+
+def test_fashion_mnist_in_one_flag_with_logs(tmp_path, capsys):
+    import numpy as np
+
+    from fnlearn.idx import FILE_NAMES
+
+    rng = np.random.default_rng(0)
+    sizes = {"train": 64, "test": 32}
+    for key, name in FILE_NAMES.items():
+        count = sizes[key.split("_")[0]]
+        if key.endswith("images"):
+            array, magic = rng.integers(0, 256, (count, 28, 28), dtype=np.uint8), 2051
+        else:
+            array, magic = (np.arange(count) % 10).astype(np.uint8), 2049
+        header = np.array([magic, *array.shape], ">u4").tobytes()
+        (tmp_path / name).write_bytes(header + array.tobytes())  # uncompressed: no hash to check
+    logdir = tmp_path / "logs"
+    result = mnist.main(["--dataset", "fashion_mnist", "--source", "idx", "--data-dir",
+                         str(tmp_path), "--epochs", "2", "--no-plots", "--logdir", str(logdir)])
+    assert "Fashion-MNIST from idx: 64 train, 32 test images" in capsys.readouterr().out
+    assert result["dataset"] == "fashion_mnist" and len(result["history"].epoch) == 2
+    rows = (logdir / "training.csv").read_text().splitlines()
+    assert rows[0] == "epoch,accuracy,loss,val_accuracy,val_loss" and len(rows) == 3
+    assert len(list((logdir / "validation").glob("events.out.tfevents.*"))) == 1
