@@ -23,7 +23,6 @@ import numpy as np
 import fnlearn as fl
 from fnlearn.logging import CSVLogger, TensorBoard
 
-
 LOADERS = {"mnist": fl.data.load_mnist, "fashion_mnist": fl.data.load_fashion_mnist}
 TITLES = {"mnist": "MNIST", "fashion_mnist": "Fashion-MNIST"}
 

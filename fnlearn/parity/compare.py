@@ -1,4 +1,4 @@
-"""Comparators: how far one tensor (or pytree) is from another, with reports that name the worst element."""
+"""Comparators: how far one tensor (or pytree) is from another, naming the worst element."""
 
 from __future__ import annotations
 

@@ -33,33 +33,66 @@ def test_keras_model_layout_and_round_trip(keras):
     parity.assert_close_trees(parity.params_from_keras(keras_model, params), params, rtol=0)
 
 
-def test_unsupported_torch_layer_is_named(torch):
-    module = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 4), torch.nn.ReLU(),
-                                 torch.nn.Conv2d(1, 2, 3))
-    with pytest.raises(ValueError, match="Conv2d at position 3 is not supported: fnlearn "
-                                         "supports Linear, ReLU"):
-        parity.params_from_torch(module, like={})
+def test_unsupported_torch_operation_is_named_with_its_node(torch):
+    module = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 4), torch.nn.GELU())
+    with pytest.raises(ValueError, match=r"unsupported operation GELU at node '_2' \(target 2\); "
+                                         r"supported: .*Conv2d.*Linear"):
+        parity.params_from_torch(module, model=nn.serial(nn.Flatten(), nn.Dense(4)),
+                                 input_shape=(4,))
 
 
-def test_torch_linear_without_bias_is_refused(torch):
+def test_torch_linear_without_bias_does_not_fit_a_dense_with_bias(torch):
     module = torch.nn.Sequential(torch.nn.Linear(4, 2, bias=False))
-    with pytest.raises(ValueError, match="Linear at position 0 has no bias"):
+    with pytest.raises(ValueError, match=r"weights \['kernel'\] do not match fnlearn's "
+                                         r"\['bias', 'kernel'\]"):
         parity.params_from_torch(module, like={"dense_0": {"kernel": np.zeros((4, 2)),
                                                            "bias": np.zeros(2)}})
+    linear = nn.serial(nn.Linear(4, 2, bias=False))
+    params = parity.params_from_torch(module, model=linear, input_shape=(4,))
+    np.testing.assert_array_equal(params["dense_0"]["kernel"], module[0].weight.detach().T)
+
+
+def test_a_port_that_lost_an_activation_is_refused_naming_both_sides(torch, keras):
+    source = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 2))
+    ported = nn.serial(nn.Dense(8), nn.Dense(2))
+    with pytest.raises(ValueError, match=r"layer kinds differ: fnlearn layer 'dense_1' \(dense\) "
+                                         r"is linear, but the PyTorch model has tanh at node "
+                                         r"'_1' \(target 1\)"):
+        parity.params_from_torch(source, model=ported, input_shape=(4,))
+    right = nn.serial(nn.Dense(8, "tanh"), nn.Dense(2))
+    params = parity.params_from_torch(source, model=right, input_shape=(4,))
+    assert params["dense_0"]["kernel"].shape == (4, 8)
+    keras_source = parity.to_keras_model(right, (4,), nn.init(right, 0, (4,)))
+    with pytest.raises(ValueError, match="layer kinds differ: fnlearn layer 'dense_1' .* is "
+                                         "linear, but the Keras model has tanh at layer 0"):
+        parity.params_from_keras(keras_source, model=ported, input_shape=(4,))
+
+
+def test_branching_torch_graphs_are_refused(torch):
+    class Residual(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear = torch.nn.Linear(4, 4)
+
+        def forward(self, x):
+            return x + self.linear(x)
+
+    with pytest.raises(ValueError, match="the graph branches at node 'add'"):
+        parity.torch_ops(Residual())
 
 
 def test_unsupported_keras_layer_is_named(keras):
-    keras_model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(2, 3)])
-    with pytest.raises(ValueError, match=r"Conv2D at position 0 \('conv2d.*'\) is not "
-                                         "supported: fnlearn supports Dense"):
-        parity.params_from_keras(keras_model, like={})
+    keras_model = keras.Sequential([keras.Input((8, 3)), keras.layers.Conv1D(2, 3)])
+    with pytest.raises(ValueError, match=r"unsupported layer Conv1D at layer 0 'conv1d.*'; "
+                                         "supported: .*Conv2D"):
+        parity.params_from_keras(keras_model, like={"dense_0": {"kernel": np.zeros((3, 2))}})
 
 
 def test_unsupported_fnlearn_layer_is_named(torch, keras):
     model = nn.serial(nn.Flatten(), nn.Dense(4), nn.from_flax(_flax_module()))
-    for build in (parity.to_torch_module, parity.to_keras_model):
-        with pytest.raises(ValueError, match="fnlearn layer 'flax_dense' at position 2 cannot be "
-                                             "built in (PyTorch|Keras)"):
+    for build, target in ((parity.to_torch_module, "PyTorch"), (parity.to_keras_model, "Keras")):
+        with pytest.raises(ValueError, match=f"fnlearn layer 'flax_dense' at position 2 has no "
+                                             f"{target} counterpart; supported kinds: "):
             build(model, (3,))
 
 

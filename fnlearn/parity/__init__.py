@@ -1,0 +1,43 @@
+"""Checking fnlearn against PyTorch and Keras: reference models, weights both ways, comparators.
+
+- ``compare``: ``compare``/``assert_close`` one tensor, ``assert_close_trees`` a pytree,
+  with reports that name the tensor, the context and the worst element.
+- ``convert``: ``to_torch_module``/``to_keras_model`` build the network an fnlearn model
+  computes; ``variables_to_torch``/``variables_from_torch`` (and the Keras pair) move
+  weights and BatchNorm statistics, comparing layer kinds in order.
+- ``layers``: one registered entry per fnlearn layer kind. ``graphs``: a model as a
+  chain of ops, read from PyTorch with ``torch.fx`` and from Keras's layers.
+
+PyTorch and TensorFlow are imported only inside the functions that need them.
+"""
+
+from fnlearn.parity.compare import (
+    Comparison,
+    assert_close,
+    assert_close_trees,
+    compare,
+    to_numpy,
+)
+from fnlearn.parity.convert import (
+    align,
+    params_from_keras,
+    params_from_torch,
+    params_to_keras,
+    params_to_torch,
+    to_keras_model,
+    to_torch_module,
+    variables_from_keras,
+    variables_from_torch,
+    variables_to_keras,
+    variables_to_torch,
+)
+from fnlearn.parity.graphs import keras_ops, torch_ops
+from fnlearn.parity.layers import REGISTRY, register
+
+__all__ = [
+    "REGISTRY", "Comparison", "align", "assert_close", "assert_close_trees", "compare",
+    "keras_ops", "params_from_keras", "params_from_torch", "params_to_keras",
+    "params_to_torch", "register", "to_keras_model", "to_numpy", "to_torch_module",
+    "torch_ops", "variables_from_keras", "variables_from_torch", "variables_to_keras",
+    "variables_to_torch",
+]

@@ -1,0 +1,240 @@
+"""A model as a chain of operations, in one vocabulary for fnlearn, PyTorch and Keras.
+
+Weight conversion and model import both walk a model as a sequence of ``Op``\\ s
+whose ``kind`` comes from one small vocabulary (``"linear"``, ``"conv2d"``,
+``"relu"``, ``"flatten"``, ...). A PyTorch module is read with ``torch.fx``
+(so a module with its own ``forward`` works as well as an ``nn.Sequential``), a
+Keras model from its layers. A graph that is not a chain (a residual add, a
+concatenation) is refused, naming the node.
+"""
+
+from __future__ import annotations
+
+import operator
+import os
+from typing import Any, NamedTuple
+
+# Kinds that compute nothing at inference or hold no weights that pair up; left out
+# when two models are compared kind by kind.
+IGNORED_KINDS = ("dropout", "identity", "normalize")
+
+
+class Op(NamedTuple):
+    """One operation of a chain: its kind, the framework object, where it sits, its settings."""
+
+    kind: str
+    obj: Any
+    where: str
+    config: dict
+
+
+def import_torch():
+    try:
+        import torch
+    except ImportError as error:
+        raise ImportError("this fnlearn.parity function needs PyTorch: "
+                          "pip install 'fnlearn[parity]'") from error
+    return torch
+
+
+def import_keras():
+    # Quiet TensorFlow's C++ start-up logging unless the user chose a level.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        import keras
+    except ImportError as error:
+        raise ImportError("this fnlearn.parity function needs TensorFlow and Keras: "
+                          "pip install 'fnlearn[parity]'") from error
+    return keras
+
+
+TORCH_MODULES = {
+    "Linear": "linear", "Conv2d": "conv2d", "BatchNorm1d": "batch_norm",
+    "BatchNorm2d": "batch_norm", "MaxPool2d": "max_pool2d", "AvgPool2d": "avg_pool2d",
+    "AdaptiveAvgPool2d": "global_avg_pool2d", "Flatten": "flatten", "ReLU": "relu",
+    "Softmax": "softmax", "LogSoftmax": "log_softmax", "Tanh": "tanh", "Sigmoid": "sigmoid",
+    "Dropout": "dropout", "Dropout2d": "dropout", "Identity": "identity", "Normalize": "normalize",
+}
+
+
+def _torch_functions(torch) -> dict:
+    F = torch.nn.functional
+    return {F.relu: "relu", torch.relu: "relu", F.max_pool2d: "max_pool2d",
+            F.avg_pool2d: "avg_pool2d", torch.flatten: "flatten", F.log_softmax: "log_softmax",
+            torch.log_softmax: "log_softmax", F.softmax: "softmax", torch.softmax: "softmax",
+            F.dropout: "dropout", torch.tanh: "tanh", F.tanh: "tanh", torch.sigmoid: "sigmoid",
+            F.sigmoid: "sigmoid"}
+
+
+TORCH_METHODS = {"relu": "relu", "flatten": "flatten", "view": "flatten", "reshape": "flatten",
+                 "log_softmax": "log_softmax", "softmax": "softmax", "tanh": "tanh",
+                 "sigmoid": "sigmoid"}
+_BRANCHING = {operator.add, operator.mul, operator.sub, "add", "cat", "stack", "mul"}
+
+
+def supported_torch() -> list[str]:
+    """What ``torch_ops`` understands, for error messages."""
+    return sorted(set(TORCH_MODULES) | {"F.relu", "F.max_pool2d", "F.avg_pool2d",
+                                        "torch.flatten", "x.view(n, -1)", "F.log_softmax",
+                                        "F.softmax", "F.dropout", "torch.tanh", "torch.sigmoid"})
+
+
+def _function_config(kind: str, node) -> dict:
+    args, kwargs = list(node.args[1:]), dict(node.kwargs)
+    if kind in ("max_pool2d", "avg_pool2d"):
+        names = ("kernel_size", "stride", "padding")
+        config = dict(zip(names, args))
+        config.update({k: v for k, v in kwargs.items() if k in names})
+        if config.get("stride") is None:
+            config["stride"] = config["kernel_size"]
+        config.setdefault("padding", 0)
+        return config
+    if kind == "dropout":
+        return {"p": args[0] if args else kwargs.get("p", 0.5)}
+    if kind in ("log_softmax", "softmax"):
+        return {"dim": args[0] if args else kwargs.get("dim")}
+    return {}
+
+
+def state_dict_ops(state) -> list[Op]:
+    """The weighted layers of a ``state_dict`` (names ``<prefix>.weight``...), in order.
+
+    A state dict knows no activations: it pairs only with weighted layers.
+    """
+    groups: dict[str, dict] = {}
+    for key, value in state.items():
+        prefix, _, leaf = key.rpartition(".")
+        groups.setdefault(prefix, {})[leaf] = value
+    ops = []
+    for prefix, group in groups.items():
+        where = f"state_dict entries '{prefix}.*'"
+        weight = group.get("weight")
+        if "running_mean" in group:
+            kind = "batch_norm"
+        elif weight is not None and len(weight.shape) in (2, 4):
+            kind = "linear" if len(weight.shape) == 2 else "conv2d"
+        else:
+            raise ValueError(f"{where} ({sorted(group)}) are not the weights of a Linear, "
+                             "Conv2d or BatchNorm layer")
+        ops.append(Op(kind, group, where, {}))
+    return ops
+
+
+def torch_ops(module) -> list[Op]:
+    """The chain of operations of a ``torch.nn.Module``, read with ``torch.fx``.
+
+    A ``state_dict`` (a mapping of names to tensors) gives its weighted layers only.
+
+    Raises:
+      ValueError: an operation outside the vocabulary (the node and its target are
+        named, with the list of what is supported), or a graph that branches.
+    """
+    if isinstance(module, dict):
+        return state_dict_ops(module)
+    torch = import_torch()
+
+    class Tracer(torch.fx.Tracer):
+        def is_leaf_module(self, m, qualified_name):
+            return type(m).__name__ in TORCH_MODULES or super().is_leaf_module(m, qualified_name)
+
+    try:
+        graph = Tracer().trace(module)
+    except Exception as error:  # noqa: BLE001 - re-raised naming what could not be traced
+        raise ValueError(f"cannot trace {type(module).__name__} with torch.fx "
+                         f"(data-dependent control flow?): {error}") from error
+    submodules = dict(module.named_modules())
+    functions = _torch_functions(torch)
+    ops, previous = [], None
+    for node in graph.nodes:
+        if node.op == "placeholder":
+            previous = node
+            continue
+        if node.op == "output":
+            break
+        if node.op == "get_attr" or (node.op == "call_method" and node.target == "size"):
+            continue
+        tensors = [a for a in node.all_input_nodes
+                   if not (a.op == "call_method" and a.target == "size")]
+        where = f"node {node.name!r} (target {getattr(node.target, '__name__', node.target)})"
+        if node.target in _BRANCHING or len(tensors) != 1 or tensors[0] is not previous:
+            raise ValueError(f"the graph branches at {where}: only chains of operations can be "
+                             "converted (no residual adds or concatenations)")
+        if node.op == "call_module":
+            obj = submodules[node.target]
+            kind = TORCH_MODULES.get(type(obj).__name__)
+            config = {}
+            if kind is None:
+                raise ValueError(f"unsupported operation {type(obj).__name__} at {where}; "
+                                 f"supported: {', '.join(supported_torch())}")
+        else:
+            obj = None
+            kind = (functions.get(node.target) if node.op == "call_function"
+                    else TORCH_METHODS.get(node.target))
+            if kind is None:
+                raise ValueError(f"unsupported operation at {where}; "
+                                 f"supported: {', '.join(supported_torch())}")
+            config = _function_config(kind, node)
+        ops.append(Op(kind, obj, where, config))
+        previous = node
+    return _merge_global_pool_flatten(ops)
+
+
+def _merge_global_pool_flatten(ops: list[Op]) -> list[Op]:
+    # PyTorch spells global average pooling AdaptiveAvgPool2d(1) + flatten; fnlearn's
+    # (and Keras's) layer already drops the spatial axes.
+    merged = []
+    for op in ops:
+        if op.kind == "flatten" and merged and merged[-1].kind == "global_avg_pool2d":
+            continue
+        merged.append(op)
+    return merged
+
+
+KERAS_LAYERS = {
+    "Dense": "linear", "Conv2D": "conv2d", "BatchNormalization": "batch_norm",
+    "MaxPooling2D": "max_pool2d", "AveragePooling2D": "avg_pool2d",
+    "GlobalAveragePooling2D": "global_avg_pool2d", "Flatten": "flatten", "ReLU": "relu",
+    "Softmax": "softmax", "Dropout": "dropout", "Reshape": "reshape", "Lambda": "normalize",
+    "Rescaling": "normalize", "Activation": "activation",
+}
+
+
+def keras_ops(keras_model) -> list[Op]:
+    """The chain of operations of a ``keras.Sequential`` or linear functional model.
+
+    A layer's own activation (``Dense(10, activation="relu")``) becomes an op of its own.
+
+    Raises:
+      ValueError: an unsupported layer (named, with its position and the supported list),
+        or a layer with several inputs (a branching graph).
+    """
+    ops = []
+    for position, layer in enumerate(keras_model.layers):
+        name = type(layer).__name__
+        where = f"layer {position} {layer.name!r}"
+        if name == "InputLayer":
+            continue
+        inputs = getattr(layer, "input", None)
+        if isinstance(inputs, list | tuple) and len(inputs) > 1:
+            raise ValueError(f"the graph branches at {where} ({name} takes {len(inputs)} "
+                             "inputs): only chains of layers can be converted")
+        kind = KERAS_LAYERS.get(name)
+        if kind is None:
+            raise ValueError(f"unsupported layer {name} at {where}; supported: "
+                             f"{', '.join(sorted(KERAS_LAYERS))}")
+        if kind == "activation":
+            kind = _keras_activation_name(layer.activation, where)
+        ops.append(Op(kind, layer, where, {}))
+        activation = getattr(layer, "activation", None)
+        if name in ("Dense", "Conv2D") and activation is not None:
+            act = _keras_activation_name(activation, where)
+            if act != "linear":
+                ops.append(Op(act, None, f"{where} activation", {}))
+    return ops
+
+
+def _keras_activation_name(function, where: str) -> str:
+    name = getattr(function, "__name__", str(function))
+    if name not in ("linear", "relu", "softmax", "log_softmax", "tanh", "sigmoid"):
+        raise ValueError(f"unsupported activation {name!r} at {where}")
+    return name
