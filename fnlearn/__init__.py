@@ -7,9 +7,11 @@ Modules, one concept each:
 - ``optim``: Optax presets matching Keras and PyTorch.
 - ``state``: ``TrainState``, ``History``. ``step``: the pure ``train_step`` and ``train_epoch``.
 - ``train`` (``fit``, ``evaluate``, ``predict``): thin host drivers over ``step``.
-- ``data``: MNIST from tensorflow-datasets, IDX files or the shipped sample.
+- ``data``: MNIST and Fashion-MNIST from IDX files, tensorflow-datasets, a verified
+  download or the shipped sample.
 - ``graph``, ``tensors``, ``autodiff``: the traced graph, arrays and devices, gradient checks.
 - ``callbacks``, ``checkpoint``, ``export``: Orbax checkpoints, resume, ``jax.export``.
+- ``logging``: ``TensorBoard`` and ``CSVLogger`` callbacks.
 - ``parity``: weights to and from PyTorch and Keras, and tolerance-aware comparisons.
 - ``distributed``: data-parallel meshes and multi-host set-up. ``plots``: pictures of a run.
 
@@ -27,6 +29,7 @@ from fnlearn import (  # noqa: E402 - the version is readable even if an import 
     distributed,
     export,
     graph,
+    logging,
     losses,
     models,
     nn,
@@ -49,12 +52,14 @@ from fnlearn.checkpoint import (
 )
 from fnlearn.data import DataError, load_fashion_mnist, load_mnist
 from fnlearn.export import ExportError, export_model, export_saved_model, load_exported
+from fnlearn.logging import CSVLogger, TensorBoard
 from fnlearn.state import History, NonFiniteLossError, TrainState
 from fnlearn.step import epoch_batches, train_epoch, train_step
 from fnlearn.train import evaluate, fit, init_state, predict
 
 __all__ = [
     "__version__",
+    "CSVLogger",
     "CheckpointError",
     "DataError",
     "EarlyStopping",
@@ -62,6 +67,7 @@ __all__ = [
     "History",
     "ModelCheckpoint",
     "NonFiniteLossError",
+    "TensorBoard",
     "TrainState",
     "autodiff",
     "callbacks",
@@ -83,6 +89,7 @@ __all__ = [
     "load_exported",
     "load_fashion_mnist",
     "load_mnist",
+    "logging",
     "losses",
     "models",
     "nn",
