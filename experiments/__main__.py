@@ -20,6 +20,7 @@ EXPERIMENTS = [
     ("gradients", "torch_autograd.py, tf_gradient_tape.py"),
     ("regression", "torch_linear_regression.py"),
     ("mnist", "keras_mnist.py"),
+    ("custom_loop", "the PyTorch training loop's shape, with fnlearn.train_step"),
 ]
 
 
