@@ -85,18 +85,20 @@ _compiled_predict = jax.jit(step_lib.predict_arrays, static_argnames=("model", "
 
 
 @partial(jax.jit, static_argnames=("model", "optimizer", "input_shape"))
-def _compiled_init_state(seed, params, *, model, optimizer, input_shape):
+def _compiled_init_state(seed, params, model_state, *, model, optimizer, input_shape):
     # One compiled program instead of a dispatch (and a small compilation) per
     # random draw and optimizer buffer.
     init_key, run_key = jax.random.split(jax.random.key(seed))
-    _, fresh_params, model_state = init_with_state(model, init_key, input_shape)
+    _, fresh_params, fresh_state = init_with_state(model, init_key, input_shape)
     params = fresh_params if params is None else params
+    model_state = fresh_state if model_state is None else model_state
     return TrainState(params, optimizer.init(params), model_state, jnp.int32(0), jnp.int32(0),
                       jax.random.key_data(run_key))
 
 
 def init_state(model: Layer, optimizer: optax.GradientTransformation | str,
-               input_shape: Sequence[int], *, seed: int = 0, params=None) -> TrainState:
+               input_shape: Sequence[int], *, seed: int = 0, params=None,
+               model_state=None) -> TrainState:
     """A fresh ``TrainState``: parameters and model state from ``model.init``, optimizer state.
 
     Args:
@@ -105,13 +107,16 @@ def init_state(model: Layer, optimizer: optax.GradientTransformation | str,
       input_shape: per-example input shape.
       seed: seeds both the initialization and the run's base key.
       params: start from these parameters instead of initializing.
+      model_state: start from this model state (BatchNorm statistics) instead.
     """
     cache.enable_by_default()
     optimizer = checks.resolve_optimizer(optimizer)
     if params is not None:
         checks.check_params(params, "params")
         params = jax.tree.map(lambda a: jnp.array(a, copy=True), params)
-    return _compiled_init_state(checks.check_seed(seed), params, model=model,
+    if model_state is not None:
+        model_state = jax.tree.map(lambda a: jnp.array(a, copy=True), model_state)
+    return _compiled_init_state(checks.check_seed(seed), params, model_state, model=model,
                                 optimizer=optimizer, input_shape=tuple(input_shape))
 
 
@@ -159,8 +164,9 @@ def _check_mesh(sharding, batch_size: int) -> None:
                          f"mesh axis {axis!r}; the global batch must split evenly")
 
 
-def _start(model, x, optimizer, seed, state, initial_params, callbacks, resume, epochs):
+def _start(model, x, optimizer, seed, state, initial, callbacks, resume, epochs):
     """The state to start from: given, restored by a callback, or fresh; and the history."""
+    initial_params, initial_model_state = initial
     if state is not None and initial_params is not None:
         raise ValueError("pass either state (to continue a run) or initial_params, not both")
     if resume and not any(hasattr(c, "on_train_begin") for c in callbacks):
@@ -170,7 +176,8 @@ def _start(model, x, optimizer, seed, state, initial_params, callbacks, resume, 
         if initial_params is not None:
             checks.check_params(initial_params, "initial_params")
         try:
-            state = init_state(model, optimizer, x.shape[1:], seed=seed, params=initial_params)
+            state = init_state(model, optimizer, x.shape[1:], seed=seed, params=initial_params,
+                               model_state=initial_model_state)
         except Exception as error:  # noqa: BLE001 - re-raised with the shape that caused it
             raise ValueError(f"model cannot be initialized for inputs of per-example shape "
                              f"{x.shape[1:]} (x has shape {x.shape}): {error}") from error
@@ -194,8 +201,8 @@ def fit(model: Layer, x, y, *, loss: str | Callable,
         epochs: int = 1, batch_size: int | None = 32, shuffle: bool = True,
         validation_data: tuple | None = None, validation_split: float = 0.0, seed: int = 0,
         verbose: int = 1, callbacks: Sequence[Any] = (), resume: bool = False,
-        initial_params=None, state: TrainState | None = None, mesh=None,
-        progress_every: int = 50) -> tuple[TrainState, History]:
+        initial_params=None, initial_model_state=None, state: TrainState | None = None,
+        mesh=None, progress_every: int = 50) -> tuple[TrainState, History]:
     """Trains ``model`` on ``(x, y)``, Keras style, with compiled epochs (``fnlearn.step``).
 
     Args:
@@ -222,6 +229,7 @@ def fit(model: Layer, x, y, *, loss: str | Callable,
         the state that ``fit`` returns instead).
       resume: ask the callbacks (a checkpoint callback) to restore the latest saved run.
       initial_params: start from these parameters instead of initializing.
+      initial_model_state: and from this model state (e.g. imported BatchNorm statistics).
       state: continue from this ``TrainState`` (its ``epoch`` counts toward ``epochs``).
       mesh: a ``jax.sharding.Mesh`` whose first axis shards the batch (data parallel);
         parameters and optimizer state are replicated.
@@ -239,8 +247,8 @@ def fit(model: Layer, x, y, *, loss: str | Callable,
     loss_fn = losses_lib.get_loss(loss)
     names, metric_fns = _metrics(metrics)
     optimizer = checks.resolve_optimizer(optimizer)
-    state, history = _start(model, x, optimizer, checks.check_seed(seed), state, initial_params,
-                            callbacks, resume, epochs)
+    state, history = _start(model, x, optimizer, checks.check_seed(seed), state,
+                            (initial_params, initial_model_state), callbacks, resume, epochs)
     checks.check_model_input(model, state.params, state.model_state, x, loss_fn, y)
     checks.warn_if_not_probabilities(model, state.params, state.model_state, x, loss_fn)
     val = _validation(model, state, validation_data, loss_fn)

@@ -46,18 +46,20 @@ def torch_linear_uniform(key: jax.Array, shape: Shape, fan_in: int) -> jax.Array
     return jax.random.uniform(key, shape, jnp.float32, -bound, bound)
 
 
-def Dense(units: int, activation: str | None = None, *, init: str = "keras") -> Layer:
+def Dense(units: int, activation: str | None = None, *, use_bias: bool = True,
+          init: str = "keras") -> Layer:
     """A fully connected layer ``activation(x @ kernel + bias)`` on the last axis.
 
     Args:
       units: output features.
       activation: one of ``ACTIVATIONS`` (None means linear).
+      use_bias: add a bias (Keras's ``use_bias``, PyTorch's ``bias``).
       init: ``"keras"`` (glorot-uniform kernel, zero bias, as ``keras.layers.Dense``)
         or ``"torch"`` (uniform +-1/sqrt(fan_in) for both, as ``torch.nn.Linear``).
 
     The kernel is stored ``(in, out)`` as in Keras; PyTorch's ``weight`` is its transpose.
     """
-    if not isinstance(units, int) or units <= 0:
+    if isinstance(units, bool) or not isinstance(units, int) or units <= 0:
         raise ValueError(f"Dense units must be a positive int, got {units!r}")
     if init not in ("keras", "torch"):
         raise ValueError(f"Dense init must be 'keras' or 'torch', got {init!r}")
@@ -72,41 +74,37 @@ def Dense(units: int, activation: str | None = None, *, init: str = "keras") -> 
         else:
             kernel = torch_linear_uniform(kernel_key, (fan_in, units), fan_in)
             bias = torch_linear_uniform(bias_key, (units,), fan_in)
-        return (*input_shape[:-1], units), {"kernel": kernel, "bias": bias}
+        params = {"kernel": kernel, "bias": bias} if use_bias else {"kernel": kernel}
+        return (*input_shape[:-1], units), params
 
     def apply_fn(params, x, *, key=None, train=False):
-        return act(x @ params["kernel"] + params["bias"])
+        y = x @ params["kernel"]
+        return act(y + params["bias"] if use_bias else y)
 
-    config = {"units": units, "activation": activation or "linear", "init": init}
+    config = {"units": units, "activation": activation or "linear", "init": init,
+              "bias": use_bias}
     return Layer(init_fn, apply_fn, "dense", config)
 
 
 def Linear(in_features: int, out_features: int, bias: bool = True) -> Layer:
     """PyTorch's ``nn.Linear(in_features, out_features, bias)``, with its initialization.
 
-    ``in_features`` is checked against the input at ``init``. The kernel is stored
-    ``(in, out)``; PyTorch's ``weight`` is its transpose. Without ``bias`` the layer
-    has a kernel only.
+    A ``Dense(out_features, use_bias=bias, init="torch")`` whose ``init`` checks that
+    the inputs have ``in_features`` features. The kernel is stored ``(in, out)``;
+    PyTorch's ``weight`` is its transpose.
     """
     for name, value in (("in_features", in_features), ("out_features", out_features)):
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
             raise ValueError(f"Linear {name} must be a positive int, got {value!r}")
-    dense = Dense(out_features, init="torch")
+    dense = Dense(out_features, use_bias=bias, init="torch")
 
     def init_fn(key, input_shape):
         if input_shape[-1] != in_features:
             raise ValueError(f"Linear({in_features}, {out_features}) got inputs with "
                              f"{input_shape[-1]} features (per-example shape {input_shape})")
-        shape, params = dense.init(key, input_shape)
-        return shape, params if bias else {"kernel": params["kernel"]}
+        return dense.init(key, input_shape)
 
-    def apply_fn(params, x, *, key=None, train=False):
-        y = x @ params["kernel"]
-        return y + params["bias"] if bias else y
-
-    config = {"units": out_features, "activation": "linear", "init": "torch",
-              "in_features": in_features, "bias": bias}
-    return Layer(init_fn, apply_fn, "dense", config)
+    return Layer(init_fn, dense.apply, "dense", {**dense.config, "in_features": in_features})
 
 
 def _elementwise(kind: str, fn: Callable[[jax.Array], jax.Array]) -> Layer:

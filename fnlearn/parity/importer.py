@@ -1,0 +1,205 @@
+"""Import a PyTorch or Keras model into fnlearn in one call, with its weights and a parity report.
+
+``from_torch(module, input_shape)`` reads a live ``torch.nn.Module`` (an
+``nn.Sequential``, or a module with its own ``forward``, through ``torch.fx``),
+``from_keras(keras_model)`` a ``keras.Sequential`` or linear functional model. Each
+builds the fnlearn model op by op, converts the weights (and BatchNorm statistics)
+with the registered converters, runs both models on a random batch and reports the
+worst errors. An operation outside the vocabulary is refused before anything is
+built, naming where it sits.
+
+PyTorch images are NCHW; the fnlearn model takes NHWC, so ``input_shape=(1, 28, 28)``
+gives a model for ``(28, 28, 1)`` inputs, and the first Dense after a Flatten has its
+kernel rows permuted accordingly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from fnlearn import nn
+from fnlearn.nn.core import Layer, apply
+from fnlearn.parity.compare import compare, to_numpy
+from fnlearn.parity.convert import variables_from_keras, variables_from_torch
+from fnlearn.parity.graphs import Op, import_keras, import_torch, keras_ops, torch_ops
+
+
+class Report(NamedTuple):
+    """How closely the imported model computes its source's function, on one random batch."""
+
+    source: str
+    batch_shape: tuple[int, ...]
+    max_abs_error: float
+    max_rel_error: float
+    passed: bool
+    rtol: float
+
+    def __str__(self) -> str:
+        return (f"{self.source} -> fnlearn, forward on a random batch of shape "
+                f"{self.batch_shape}: max abs error {self.max_abs_error:.3g}, max rel error "
+                f"{self.max_rel_error:.3g} ({'ok' if self.passed else 'MISMATCH'} at "
+                f"rtol {self.rtol:g})")
+
+
+class Imported(NamedTuple):
+    """What an import returns: the fnlearn model, its parameters and state, and the report."""
+
+    model: Layer
+    params: dict
+    model_state: dict
+    report: Report
+
+
+def _pair(value) -> tuple[int, int]:
+    return tuple(value) if isinstance(value, tuple | list) else (int(value), int(value))
+
+
+def _torch_layer(op: Op) -> Layer | None:
+    m, c = op.obj, op.config
+    if op.kind == "linear":
+        return nn.Linear(m.in_features, m.out_features, bias=m.bias is not None)
+    if op.kind == "conv2d":
+        if m.groups != 1 or m.padding_mode != "zeros":
+            raise ValueError(f"Conv2d at {op.where} uses groups={m.groups}, "
+                             f"padding_mode={m.padding_mode!r}: not supported")
+        padding = m.padding if isinstance(m.padding, str) else tuple(
+            (p, p) for p in _pair(m.padding))
+        return nn.Conv2D(m.out_channels, _pair(m.kernel_size), strides=_pair(m.stride),
+                         padding=padding, dilation=_pair(m.dilation),
+                         use_bias=m.bias is not None, init="torch")
+    if op.kind == "batch_norm":
+        return nn.BatchNorm.torch(momentum=m.momentum, epsilon=m.eps)
+    if op.kind in ("max_pool2d", "avg_pool2d"):
+        window = _pair(m.kernel_size if m is not None else c["kernel_size"])
+        stride = _pair((m.stride if m is not None else c["stride"]) or window)
+        pad = _pair(m.padding if m is not None else c["padding"])
+        layer = nn.MaxPool2D if op.kind == "max_pool2d" else nn.AvgPool2D
+        return layer(window, strides=stride, padding=tuple((p, p) for p in pad))
+    if op.kind == "global_avg_pool2d":
+        if _pair(m.output_size) != (1, 1):
+            raise ValueError(f"AdaptiveAvgPool2d at {op.where} has output size "
+                             f"{m.output_size}; only 1 (global average pooling) is supported")
+        return nn.GlobalAveragePooling2D()
+    if op.kind == "dropout":
+        return nn.Dropout(float(m.p if m is not None else c["p"]))
+    if op.kind == "normalize":
+        return nn.Normalize(m.mean, m.std)
+    if op.kind == "flatten":
+        return nn.Flatten()
+    if op.kind in ("relu", "softmax", "log_softmax", "tanh", "sigmoid"):
+        return nn.Activation(op.kind)
+    return None  # identity
+
+
+def _fnlearn_shape(input_shape: Sequence[int]) -> tuple[int, ...]:
+    shape = tuple(int(d) for d in input_shape)
+    return (*shape[1:], shape[0]) if len(shape) == 3 else shape
+
+
+def _report(source: str, reference, model, params, state, x_other, x_fnlearn, rtol) -> Report:
+    ours = np.asarray(apply(model, params, x_fnlearn, state=state)[0])
+    result = compare("outputs", ours, reference, rtol=rtol, atol=rtol * float(
+        np.abs(reference).max() or 1.0))
+    return Report(source, tuple(x_other.shape), result.max_abs_error, result.max_rel_error,
+                  result.passed, rtol)
+
+
+def from_torch(module, input_shape: Sequence[int], *, batch_size: int = 8, seed: int = 0,
+               rtol: float = 1e-5) -> Imported:
+    """The fnlearn model, parameters and state computing what ``module`` computes.
+
+    Args:
+      module: a ``torch.nn.Module`` whose graph is a chain of supported operations.
+      input_shape: its per-example input shape, PyTorch's layout (``(1, 28, 28)``).
+      batch_size, seed: the random batch the report runs both models on.
+      rtol: the report's tolerance, relative to the largest output.
+
+    Returns:
+      ``Imported(model, params, model_state, report)``.
+
+    Raises:
+      ValueError: an unsupported operation or a branching graph (the node is named).
+    """
+    torch = import_torch()
+    ops = torch_ops(module)  # refuses before anything is built
+    layers = [layer for layer in map(_torch_layer, ops) if layer is not None]
+    model = nn.serial(*layers)
+    shape = _fnlearn_shape(input_shape)
+    params, state = variables_from_torch(module, model=model, input_shape=shape)
+    x = np.random.default_rng(seed).normal(size=(batch_size, *input_shape)).astype(np.float32)
+    was_training = module.training
+    module.eval()
+    with torch.no_grad():
+        reference = to_numpy(module(torch.from_numpy(x)))
+    module.train(was_training)
+    x_nhwc = x.transpose(0, 2, 3, 1) if x.ndim == 4 else x
+    return Imported(model, params, state, _report(type(module).__name__, reference, model,
+                                                  params, state, x, x_nhwc, rtol))
+
+
+def _keras_layer(layer) -> Layer | None:
+    kind = type(layer).__name__
+    cfg = layer.get_config()
+    activation = cfg.get("activation") if isinstance(cfg.get("activation"), str) else None
+    if kind == "Dense":
+        return nn.Dense(cfg["units"], activation=activation, use_bias=cfg["use_bias"])
+    if kind == "Conv2D":
+        return nn.Conv2D(cfg["filters"], tuple(cfg["kernel_size"]),
+                         strides=tuple(cfg["strides"]), padding=cfg["padding"],
+                         dilation=tuple(cfg["dilation_rate"]), activation=activation,
+                         use_bias=cfg["use_bias"])
+    if kind in ("MaxPooling2D", "AveragePooling2D"):
+        cls = nn.MaxPool2D if kind == "MaxPooling2D" else nn.AvgPool2D
+        return cls(tuple(cfg["pool_size"]), strides=tuple(cfg["strides"] or cfg["pool_size"]),
+                   padding=cfg["padding"])
+    if kind == "GlobalAveragePooling2D":
+        return nn.GlobalAveragePooling2D()
+    if kind == "BatchNormalization":
+        return nn.BatchNorm(momentum=cfg["momentum"], epsilon=cfg["epsilon"])
+    if kind == "Flatten":
+        return nn.Flatten()
+    if kind == "Dropout":
+        return nn.Dropout(cfg["rate"])
+    if kind == "ReLU":
+        return nn.ReLU()
+    if kind == "Softmax":
+        return nn.Softmax()
+    if kind == "Activation":
+        return nn.Activation(activation)
+    if kind == "Reshape":
+        return nn.Reshape(tuple(cfg["target_shape"]))
+    if kind == "Rescaling":
+        scale, offset = float(cfg["scale"]), float(cfg["offset"])
+        return nn.Normalize(-offset / scale, 1.0 / scale)
+    raise ValueError(f"{kind} layer {layer.name!r} cannot be imported (a Lambda's function "
+                     "is opaque); build that step in fnlearn and convert the weights with "
+                     "fnlearn.parity.variables_from_keras")
+
+
+def from_keras(keras_model, *, batch_size: int = 8, seed: int = 0,
+               rtol: float = 1e-5) -> Imported:
+    """The fnlearn model, parameters and state computing what ``keras_model`` computes.
+
+    Args:
+      keras_model: a built ``keras.Sequential`` or linear functional model.
+      batch_size, seed, rtol: the report's random batch and tolerance.
+
+    Returns:
+      ``Imported(model, params, model_state, report)``.
+    """
+    import_keras()
+    keras_ops(keras_model)  # refuses unsupported layers and branches before anything is built
+    layers = [layer for layer in keras_model.layers if type(layer).__name__ != "InputLayer"]
+    model = nn.serial(*[_keras_layer(layer) for layer in layers])
+    shape = tuple(int(d) for d in keras_model.input_shape[1:])
+    params, state = variables_from_keras(keras_model, model=model, input_shape=shape)
+    x = np.random.default_rng(seed).normal(size=(batch_size, *shape)).astype(np.float32)
+    reference = to_numpy(keras_model(x, training=False))
+    return Imported(model, params, state, _report(keras_model.name, reference, model, params,
+                                                  state, x, x, rtol))
+
+
+__all__ = ["Imported", "Report", "from_keras", "from_torch", "Any"]
