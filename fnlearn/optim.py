@@ -10,6 +10,8 @@ preset              matches                            Optax
 ``torch_adam()``    ``torch.optim.Adam(params)``       ``optax.adam(1e-3, eps=1e-8)``
 ``torch_sgd(lr)``   ``torch.optim.SGD(params, lr)``    ``optax.sgd(lr)``
 ``keras_sgd()``     ``keras.optimizers.SGD()``         ``optax.sgd(0.01)``
+``torch_adadelta``  ``torch.optim.Adadelta(params)``   ``scale_by_adadelta`` (same
+                                                       rule), then ``-lr(epoch)``
 ==================  =================================  ==============================
 
 Where epsilon goes differs between the two Adams. PyTorch (and ``optax.adam``)
@@ -18,12 +20,25 @@ divide by ``sqrt(v_hat) + eps``; Keras divides the uncorrected moments,
 That equals ``m_hat / (sqrt(v_hat) + eps / sqrt(1 - b2**t))``: early in training
 Keras's effective epsilon is up to 30x larger. ``keras_adam`` reproduces it
 exactly by giving ``optax.adam`` that epsilon as a schedule of the step.
+
+Schedules per epoch (PyTorch's ``StepLR`` stepped once an epoch): ``step_lr``
+returns a function of the epoch, and ``scale_by_epoch_schedule`` applies it. It is
+an ``optax.GradientTransformationExtraArgs`` that reads the ``epoch`` keyword,
+which fnlearn's training step passes (``state.epoch``), so no one has to turn
+epochs into steps. Its state keeps the learning rate it last used, which ``fit``
+logs as ``learning_rate``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
 import jax.numpy as jnp
 import optax
+
+EpochSchedule = Callable[[jax.Array], jax.Array]
 
 
 def keras_adam(
@@ -61,3 +76,98 @@ def keras_rmsprop(learning_rate: float = 1e-3, rho: float = 0.9,
                   epsilon: float = 1e-7) -> optax.GradientTransformation:
     """``keras.optimizers.RMSprop`` with its defaults: ``p -= lr * g / (sqrt(ms) + eps)``."""
     return optax.rmsprop(learning_rate, decay=rho, eps=epsilon, eps_in_sqrt=False)
+
+
+def step_lr(learning_rate: float, step_size: int = 1, gamma: float = 0.1) -> EpochSchedule:
+    """PyTorch's ``StepLR`` stepped once per epoch: ``lr * gamma ** (epoch // step_size)``.
+
+    Args:
+      learning_rate: the rate of the first epoch (the optimizer's ``lr``).
+      step_size: epochs between decays.
+      gamma: the factor of each decay.
+
+    Returns:
+      A function of the (0-based) epoch number to the learning rate, for
+      ``scale_by_epoch_schedule`` or ``torch_adadelta(schedule=...)``.
+    """
+    if isinstance(step_size, bool) or not isinstance(step_size, int) or step_size <= 0:
+        raise ValueError(f"step_lr step_size must be a positive int, got {step_size!r}")
+    if not gamma > 0:
+        raise ValueError(f"step_lr gamma must be positive, got {gamma!r}")
+
+    def schedule(epoch):
+        decays = jnp.asarray(epoch, jnp.int32) // step_size
+        return jnp.float32(learning_rate) * jnp.float32(gamma) ** decays.astype(jnp.float32)
+
+    return schedule
+
+
+class EpochScheduleState(NamedTuple):
+    """The learning rate ``scale_by_epoch_schedule`` applied last (what ``fit`` logs)."""
+
+    learning_rate: jax.Array
+
+
+def scale_by_epoch_schedule(schedule: EpochSchedule) -> optax.GradientTransformationExtraArgs:
+    """Scales updates by ``-schedule(epoch)``, the epoch coming as the ``epoch`` keyword.
+
+    Args:
+      schedule: a function of the epoch (an int32 scalar) to the learning rate, e.g.
+        ``step_lr(1.0, gamma=0.7)``.
+
+    Returns:
+      A transformation whose ``update(updates, state, params, *, epoch)`` needs the
+      epoch; ``fnlearn.train_step``, ``train_epoch`` and ``fit`` pass ``state.epoch``.
+    """
+    if not callable(schedule):
+        raise TypeError(f"schedule must be a function of the epoch, got {schedule!r}")
+
+    def init_fn(params):
+        del params
+        return EpochScheduleState(jnp.asarray(schedule(jnp.int32(0)), jnp.float32))
+
+    def update_fn(updates, state, params=None, *, epoch=None, **extra_args):
+        del params, extra_args
+        if epoch is None:
+            raise ValueError("scale_by_epoch_schedule needs the epoch: call "
+                             "update(grads, state, params, epoch=epoch); fnlearn's train_step "
+                             "and fit pass it")
+        rate = jnp.asarray(schedule(epoch), jnp.float32)
+        updates = jax.tree.map(lambda u: (-rate * u).astype(u.dtype), updates)
+        return updates, EpochScheduleState(rate)
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def epoch_learning_rate(opt_state) -> jax.Array | None:
+    """The learning rate an epoch schedule in ``opt_state`` last applied (None: no schedule)."""
+    found = [leaf.learning_rate for leaf in jax.tree.leaves(
+        opt_state, is_leaf=lambda node: isinstance(node, EpochScheduleState))
+        if isinstance(leaf, EpochScheduleState)]
+    return found[0] if found else None
+
+
+def torch_adadelta(lr: float = 1.0, rho: float = 0.9, eps: float = 1e-6,
+                   weight_decay: float = 0.0,
+                   schedule: EpochSchedule | None = None) -> optax.GradientTransformationExtraArgs:
+    """``torch.optim.Adadelta`` with its defaults, optionally with a per-epoch schedule.
+
+    PyTorch's rule, which ``optax.scale_by_adadelta`` computes the same way:
+    ``v = rho v + (1 - rho) g^2``; ``d = sqrt(u + eps) / sqrt(v + eps) * g``;
+    ``u = rho u + (1 - rho) d^2`` (the unscaled ``d``); ``p -= lr * d``. Weight decay
+    adds ``weight_decay * p`` to the gradient first, as PyTorch does.
+
+    Args:
+      lr: the learning rate (ignored when ``schedule`` is given, which then sets it).
+      rho, eps, weight_decay: as PyTorch's.
+      schedule: a function of the epoch to the learning rate, e.g.
+        ``step_lr(1.0, step_size=1, gamma=0.7)`` for the PyTorch example's
+        ``StepLR(optimizer, step_size=1, gamma=0.7)``.
+    """
+    if not lr > 0:
+        raise ValueError(f"torch_adadelta lr must be positive, got {lr!r}")
+    parts = [optax.add_decayed_weights(weight_decay)] if weight_decay else []
+    parts.append(optax.scale_by_adadelta(rho=rho, eps=eps))
+    parts.append(scale_by_epoch_schedule(schedule if schedule is not None
+                                         else (lambda epoch: jnp.float32(lr))))
+    return optax.chain(*parts)

@@ -27,6 +27,7 @@ import numpy as np
 import optax
 
 from fnlearn import losses as losses_lib
+from fnlearn import optim
 from fnlearn.nn.core import Layer, apply
 from fnlearn.state import TrainState
 
@@ -97,7 +98,9 @@ def _step(state: TrainState, xb, yb, mask, active, *, model, loss_fn, metric_fns
         finite = jnp.isfinite(mean_loss)
 
         def update(state):
-            updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+            extra = ({"epoch": state.epoch}
+                     if isinstance(optimizer, optax.GradientTransformationExtraArgs) else {})
+            updates, opt_state = optimizer.update(grads, state.opt_state, state.params, **extra)
             return state._replace(params=optax.apply_updates(state.params, updates),
                                   opt_state=opt_state, model_state=model_state,
                                   step=state.step + 1)
@@ -190,7 +193,11 @@ def _epoch(state, x, y, *, model, loss_fn, metric_fns, optimizer, batch_size, sh
                                    progress=progress, progress_every=progress_every,
                                    stopped=stopped)
     state = state._replace(epoch=state.epoch + (bad < 0))
-    return state, {**_means(sums), "nonfinite_step": bad}
+    logs = {**_means(sums), "nonfinite_step": bad}
+    learning_rate = optim.epoch_learning_rate(state.opt_state)
+    if learning_rate is not None:
+        logs["learning_rate"] = learning_rate
+    return state, logs
 
 
 def train_epoch(state: TrainState, x, y, *, model: Layer, loss: str | Callable,

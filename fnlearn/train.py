@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from fnlearn import cache, checks
+from fnlearn import cache, checks, optim
 from fnlearn import losses as losses_lib
 from fnlearn import step as step_lib
 from fnlearn.nn.core import Layer, init_with_state
@@ -307,6 +307,8 @@ class _Run:
         if "val_loss" in values:
             logs["val_loss"] = pick(values["val_loss"])
             logs.update({f"val_{n}": pick(v) for n, v in zip(self.names, values["val_metrics"])})
+        if "learning_rate" in values:
+            logs["learning_rate"] = pick(values["learning_rate"])
         return logs
 
     def epochs(self, state, epoch, epochs, count):
@@ -363,6 +365,9 @@ class _Run:
                 n: f"{float(v):.4f}" for n, v in zip(self.names, means["metrics"])}},
                 refresh=True)
         values = {**step_lib._means(sums), "nonfinite_step": -1 if bad is None else bad}
+        learning_rate = optim.epoch_learning_rate(state.opt_state)
+        if learning_rate is not None:
+            values["learning_rate"] = learning_rate
         if bad is None:
             state = state._replace(epoch=state.epoch + 1)
             if val_x is not None:

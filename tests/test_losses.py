@@ -59,3 +59,30 @@ def test_accuracy_and_metric_lookup():
     assert losses.get_metric("accuracy")[1] is losses.accuracy
     with pytest.raises(ValueError, match="unknown metric 'acc_top5'"):
         losses.get_metric("acc_top5")
+
+
+def test_nll_loss_picks_the_negative_log_probability_of_the_label():
+    log_probs = jnp.log(jnp.array([[0.7, 0.2, 0.1], [0.25, 0.25, 0.5]]))
+    np.testing.assert_allclose(losses.nll_loss(jnp.array([1, 2]), log_probs),
+                               [-np.log(0.2), -np.log(0.5)], rtol=1e-6)
+    with pytest.raises(ValueError):
+        losses.nll_loss(jnp.array([3, 0]), log_probs)
+
+
+def test_categorical_crossentropy_on_probabilities_and_logits():
+    logits = jnp.array([[2.0, -1.0, 0.5], [0.0, 0.0, 3.0]])
+    soft = jnp.array([[1.0, 0.0, 0.0], [0.2, 0.3, 0.5]])
+    want = -np.sum(np.asarray(soft) * np.asarray(jax.nn.log_softmax(logits)), axis=-1)
+    np.testing.assert_allclose(losses.categorical_crossentropy(soft, logits, from_logits=True),
+                               want, rtol=1e-6)
+    np.testing.assert_allclose(losses.categorical_crossentropy(soft, jax.nn.softmax(logits)),
+                               want, rtol=1e-5)
+    # One-hot labels give the sparse loss of the same classes.
+    one_hot = jnp.eye(3)[jnp.array([0, 2])]
+    np.testing.assert_allclose(
+        losses.categorical_crossentropy(one_hot, logits, from_logits=True),
+        losses.sparse_categorical_crossentropy(jnp.array([0, 2]), logits, from_logits=True),
+        rtol=1e-6)
+    with pytest.raises(ValueError, match="one-hot"):
+        losses.categorical_crossentropy(jnp.array([0, 2]), logits)
+    np.testing.assert_array_equal(losses.accuracy(one_hot, logits), [1.0, 1.0])

@@ -1,7 +1,9 @@
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 
+import fnlearn as fl
 from fnlearn import optim
 
 GRADS = [np.array([0.1, -0.02, 3e-5], np.float32), np.array([-0.3, 0.01, 1e-6], np.float32),
@@ -54,3 +56,72 @@ def test_sgd_presets():
     np.testing.assert_allclose(got, -0.1 * sum(GRADS), rtol=1e-6)
     got = run(optim.keras_sgd(), np.zeros(3, np.float32))
     np.testing.assert_allclose(got, -0.01 * sum(GRADS), rtol=1e-6)
+
+
+def test_step_lr_decays_once_per_step_size_epochs():
+    schedule = optim.step_lr(1.0, step_size=2, gamma=0.7)
+    got = [float(schedule(jnp.int32(e))) for e in range(5)]
+    np.testing.assert_allclose(got, [1.0, 1.0, 0.7, 0.7, 0.49], rtol=1e-6)
+    with pytest.raises(ValueError, match="step_size"):
+        optim.step_lr(1.0, step_size=0)
+
+
+def test_epoch_schedule_scales_by_the_epoch_it_is_given_and_needs_one():
+    scale = optim.scale_by_epoch_schedule(optim.step_lr(2.0, gamma=0.5))
+    state = scale.init(jnp.zeros(2))
+    assert float(optim.epoch_learning_rate(state)) == 2.0
+    updates, state = scale.update(jnp.array([1.0, -4.0]), state, epoch=jnp.int32(3))
+    np.testing.assert_allclose(updates, [-0.25, 1.0])
+    assert float(optim.epoch_learning_rate(state)) == 0.25
+    assert optim.epoch_learning_rate(optax.adam(1e-3).init(jnp.zeros(2))) is None
+    with pytest.raises(ValueError, match="needs the epoch"):
+        scale.update(jnp.ones(2), state)
+
+
+def test_train_step_passes_the_epoch_to_an_extra_args_optimizer():
+    model = fl.nn.serial(fl.nn.Dense(1))
+    x, y = jnp.ones((4, 2)), jnp.zeros((4, 1))
+    sgd_like = optax.chain(optax.identity(),
+                           optim.scale_by_epoch_schedule(optim.step_lr(1.0, gamma=0.1)))
+    state = fl.init_state(model, sgd_like, (2,), seed=0)
+    moved = []
+    for epoch in (0, 2):
+        start = state._replace(epoch=jnp.int32(epoch))
+        new, _ = fl.train_step(start, x, y, model=model, loss="mse", optimizer=sgd_like)
+        moved.append(float(new.params["dense_0"]["bias"][0] - start.params["dense_0"]["bias"][0]))
+    # Same gradient, learning rate 1.0 at epoch 0 and 0.01 at epoch 2.
+    assert moved[1] == pytest.approx(moved[0] * 0.01, rel=1e-5)
+    assert moved[0] != 0
+
+
+@pytest.mark.parametrize("verbose", [0, 2])
+def test_fit_logs_the_epoch_learning_rate(verbose):
+    x = np.random.default_rng(0).normal(size=(20, 3)).astype(np.float32)
+    y = (x[:, 0] > 0).astype(np.int32)
+    model = fl.nn.serial(fl.nn.Dense(2, activation="softmax"))
+    optimizer = optim.torch_adadelta(schedule=optim.step_lr(1.0, step_size=1, gamma=0.7))
+    _, history = fl.fit(model, x, y, loss="sparse_categorical_crossentropy",
+                        optimizer=optimizer, epochs=3, batch_size=8, verbose=verbose)
+    np.testing.assert_allclose(history.history["learning_rate"], [1.0, 0.7, 0.49], rtol=1e-6)
+    _, plain = fl.fit(model, x, y, loss="sparse_categorical_crossentropy",
+                      optimizer=optim.torch_adam(), epochs=1, batch_size=8, verbose=0)
+    assert "learning_rate" not in plain.history
+
+
+def test_torch_adadelta_reproduces_torchs_update_rule_with_weight_decay():
+    lr, rho, eps, wd = 0.5, 0.9, 1e-6, 0.01
+    p = np.array([1.0, -2.0, 0.5])
+    square_avg, acc_delta = np.zeros(3), np.zeros(3)
+    for g in GRADS:
+        g = g + wd * p
+        square_avg = rho * square_avg + (1 - rho) * g * g
+        delta = np.sqrt(acc_delta + eps) / np.sqrt(square_avg + eps) * g
+        acc_delta = rho * acc_delta + (1 - rho) * delta * delta
+        p = p - lr * delta
+    optimizer = optim.torch_adadelta(lr, weight_decay=wd)
+    state = optimizer.init(jnp.zeros(3))
+    q = jnp.array([1.0, -2.0, 0.5])
+    for g in GRADS:
+        updates, state = optimizer.update(jnp.asarray(g), state, q, epoch=jnp.int32(0))
+        q = optax.apply_updates(q, updates)
+    np.testing.assert_allclose(np.asarray(q), p, rtol=1e-5, atol=1e-7)

@@ -195,3 +195,19 @@ def test_resume_without_a_checkpoint_callback_is_refused():
     x, y = blobs(100)
     with pytest.raises(ValueError, match="resume=True needs a callback that restores a run"):
         fl.fit(mlp(), x, y, loss=LOSS, optimizer=fl.optim.keras_adam(), resume=True, verbose=0)
+
+
+def test_validation_split_holds_out_the_last_fraction_before_shuffling():
+    x, y = blobs(50)
+    state, history = fl.fit(mlp(), x, y, loss=LOSS, optimizer=fl.optim.keras_adam(1e-2),
+                            metrics=["accuracy"], epochs=2, batch_size=8,
+                            validation_split=0.2, verbose=0)
+    # 40 training rows: 5 steps an epoch (50 rows would be 7).
+    assert int(state.step) == 2 * 5
+    held_out = fl.evaluate(mlp(), state.params, x[40:], y[40:], loss=LOSS, metrics=["accuracy"])
+    assert history.history["val_loss"][-1] == pytest.approx(held_out["loss"], rel=1e-6)
+    first_rows = fl.evaluate(mlp(), state.params, x[:10], y[:10], loss=LOSS)
+    assert first_rows["loss"] != pytest.approx(held_out["loss"], rel=1e-3)
+    with pytest.raises(ValueError, match="not both"):
+        fl.fit(mlp(), x, y, loss=LOSS, optimizer="adam", validation_split=0.1,
+               validation_data=(x, y), verbose=0)

@@ -3,6 +3,9 @@
 - ``core``: the ``Layer`` protocol (stateless and stateful), ``serial``, ``init``,
   ``init_with_state``, ``apply``, ``summary``.
 - ``dense``: ``Dense``/``Linear``, activations, ``Flatten``, ``Normalize``, ``Dropout``.
+- ``conv``: ``Conv2D``, ``MaxPool2D``, ``AvgPool2D``, ``GlobalAveragePooling2D``, ``Reshape``
+  (NHWC activations, HWIO kernels).
+- ``norm``: ``BatchNorm`` (stateful: running statistics; Keras or PyTorch conventions).
 - ``flax``: ``from_flax``, a linen module as a layer.
 
 Parameters are plain dicts of arrays; ``serial`` keys each child's parameters by
@@ -10,6 +13,14 @@ Parameters are plain dicts of arrays; ``serial`` keys each child's parameters by
 conversion names the layer it is about.
 """
 
+from fnlearn.nn.conv import (
+    AvgPool2D,
+    Conv2D,
+    GlobalAveragePooling2D,
+    MaxPool2D,
+    Reshape,
+    explicit_padding,
+)
 from fnlearn.nn.core import (
     Layer,
     ModelState,
@@ -39,10 +50,12 @@ from fnlearn.nn.dense import (
     torch_linear_uniform,
 )
 from fnlearn.nn.flax import from_flax
+from fnlearn.nn.norm import BatchNorm
 
 __all__ = [
-    "ACTIVATIONS", "Activation", "Dense", "Dropout", "Flatten", "Layer", "Linear", "LogSoftmax",
-    "ModelState", "Normalize", "Params", "ReLU", "Sequential", "Shape", "Softmax", "apply",
-    "as_key", "count_params", "from_flax", "glorot_uniform", "init", "init_with_state",
-    "serial", "summary", "torch_linear_uniform",
+    "ACTIVATIONS", "Activation", "AvgPool2D", "BatchNorm", "Conv2D", "Dense", "Dropout",
+    "Flatten", "GlobalAveragePooling2D", "Layer", "Linear", "LogSoftmax", "MaxPool2D",
+    "ModelState", "Normalize", "Params", "ReLU", "Reshape", "Sequential", "Shape", "Softmax",
+    "apply", "as_key", "count_params", "explicit_padding", "from_flax", "glorot_uniform",
+    "init", "init_with_state", "serial", "summary", "torch_linear_uniform",
 ]

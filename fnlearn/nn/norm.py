@@ -1,0 +1,113 @@
+"""Batch normalization, the stateful layer: batch statistics in training, running ones after.
+
+``BatchNorm`` follows the stateful protocol of ``fnlearn.nn.core``: its running
+mean and variance are model state, not parameters. In training it normalizes
+with the statistics of the real rows of the batch (``mask`` leaves out the
+padding of a last partial batch) and returns updated running statistics; in
+inference it normalizes with the running ones and returns them unchanged.
+
+Keras and PyTorch define ``momentum`` oppositely:
+
+=========  ==========================================  =======  ========  ===============
+framework  running update                              default  epsilon   running var
+=========  ==========================================  =======  ========  ===============
+Keras      ``run = momentum * run + (1 - momentum) * b``  0.99     1e-3      biased
+PyTorch    ``run = (1 - momentum) * run + momentum * b``  0.1      1e-5      unbiased
+=========  ==========================================  =======  ========  ===============
+
+``BatchNorm`` takes ``momentum`` in the meaning of its ``convention``, so numbers
+copied from either framework's code mean what they meant there. Both normalize
+with the biased batch variance; PyTorch's running variance is updated with the
+unbiased one (``n / (n - 1)`` times it, n the real values per channel).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from fnlearn.nn.core import Layer
+
+_DEFAULTS = {"keras": (0.99, 1e-3), "torch": (0.1, 1e-5)}
+
+
+def BatchNorm(momentum: float | None = None, epsilon: float | None = None, *,
+              convention: str = "keras", center: bool = True, scale: bool = True) -> Layer:
+    """Normalizes each channel (the last axis) with batch statistics (Keras ``BatchNormalization``).
+
+    Args:
+      momentum: in the convention's meaning (see the module docstring): with
+        ``"keras"`` the weight of the old running value (default 0.99), with
+        ``"torch"`` the weight of the batch's (default 0.1, PyTorch's ``BatchNorm2d``).
+      epsilon: added to the variance (default 1e-3 for Keras, 1e-5 for PyTorch).
+      convention: ``"keras"`` or ``"torch"``: the momentum meaning, the defaults and
+        whether the running variance is biased (Keras) or unbiased (PyTorch).
+      center: learn a per-channel offset ``beta`` (PyTorch: ``affine``).
+      scale: learn a per-channel scale ``gamma``.
+
+    Returns:
+      A stateful layer: parameters ``gamma``/``beta``, state ``mean``/``var`` (float32).
+    """
+    if convention not in _DEFAULTS:
+        raise ValueError(f"BatchNorm convention must be 'keras' or 'torch', got {convention!r}")
+    default_momentum, default_epsilon = _DEFAULTS[convention]
+    momentum = default_momentum if momentum is None else momentum
+    epsilon = default_epsilon if epsilon is None else epsilon
+    if isinstance(momentum, bool) or not isinstance(momentum, int | float) \
+            or not 0.0 <= momentum <= 1.0:
+        raise ValueError(f"BatchNorm momentum must be a number in [0, 1], got {momentum!r}")
+    if isinstance(epsilon, bool) or not isinstance(epsilon, int | float) or epsilon <= 0:
+        raise ValueError(f"BatchNorm epsilon must be a positive number, got {epsilon!r}")
+    # The weight the old running value keeps, whichever way momentum was given.
+    decay = momentum if convention == "keras" else 1.0 - momentum
+    unbiased = convention == "torch"
+
+    def init_fn(key, input_shape):
+        if not input_shape:
+            raise ValueError("BatchNorm needs inputs with a channel axis, got scalar examples")
+        channels = input_shape[-1]
+        params = {}
+        if scale:
+            params["gamma"] = jnp.ones((channels,), jnp.float32)
+        if center:
+            params["beta"] = jnp.zeros((channels,), jnp.float32)
+        state = {"mean": jnp.zeros((channels,), jnp.float32),
+                 "var": jnp.ones((channels,), jnp.float32)}
+        return tuple(input_shape), params, state
+
+    def apply_fn(params, x, *, state, key=None, train=False, mask=None):
+        x32 = x.astype(jnp.float32)
+        if train:
+            mean, var, new_state = _batch_statistics(x32, mask, state, decay, unbiased)
+        else:
+            mean, var, new_state = state["mean"], state["var"], state
+        y = (x32 - mean) * jax.lax.rsqrt(var + jnp.float32(epsilon))
+        if scale:
+            y = y * params["gamma"]
+        if center:
+            y = y + params["beta"]
+        return y.astype(x.dtype) if jnp.issubdtype(x.dtype, jnp.floating) else y, new_state
+
+    config = {"momentum": momentum, "epsilon": epsilon, "convention": convention,
+              "decay": decay, "unbiased_running_var": unbiased, "center": center,
+              "scale": scale}
+    return Layer(init_fn, apply_fn, "batch_norm", config, stateful=True)
+
+
+def _batch_statistics(x, mask, state, decay: float, unbiased: bool):
+    """Masked per-channel mean and biased variance, and the updated running statistics."""
+    axes = tuple(range(x.ndim - 1))
+    weights = jnp.ones(x.shape[:1], jnp.float32) if mask is None else mask.astype(jnp.float32)
+    weights = weights.reshape(-1, *([1] * (x.ndim - 1)))
+    per_row = 1
+    for d in x.shape[1:-1]:
+        per_row *= d
+    count = jnp.sum(weights) * per_row
+    safe = jnp.maximum(count, 1.0)
+    mean = jnp.sum(x * weights, axis=axes) / safe
+    var = jnp.sum(jnp.square(x - mean) * weights, axis=axes) / safe
+    running_var = var * (count / jnp.maximum(count - 1.0, 1.0)) if unbiased else var
+    stats = jax.lax.stop_gradient((mean, running_var))
+    new_state = {"mean": decay * state["mean"] + (1.0 - decay) * stats[0],
+                 "var": decay * state["var"] + (1.0 - decay) * stats[1]}
+    return mean, var, new_state
