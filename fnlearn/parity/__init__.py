@@ -5,6 +5,8 @@
 - ``convert``: ``to_torch_module``/``to_keras_model`` build the network an fnlearn model
   computes; ``variables_to_torch``/``variables_from_torch`` (and the Keras pair) move
   weights and BatchNorm statistics, comparing layer kinds in order.
+- ``importer``: ``from_torch``/``from_keras`` import a live model in one call, with its
+  weights and a report of how closely it computes its source's function.
 - ``layers``: one registered entry per fnlearn layer kind. ``graphs``: a model as a
   chain of ops, read from PyTorch with ``torch.fx`` and from Keras's layers.
 
@@ -32,12 +34,13 @@ from fnlearn.parity.convert import (
     variables_to_torch,
 )
 from fnlearn.parity.graphs import keras_ops, torch_ops
+from fnlearn.parity.importer import Imported, Report, from_keras, from_torch
 from fnlearn.parity.layers import REGISTRY, register
 
 __all__ = [
-    "REGISTRY", "Comparison", "align", "assert_close", "assert_close_trees", "compare",
-    "keras_ops", "params_from_keras", "params_from_torch", "params_to_keras",
-    "params_to_torch", "register", "to_keras_model", "to_numpy", "to_torch_module",
-    "torch_ops", "variables_from_keras", "variables_from_torch", "variables_to_keras",
-    "variables_to_torch",
+    "REGISTRY", "Comparison", "Imported", "Report", "align", "assert_close",
+    "assert_close_trees", "compare", "from_keras", "from_torch", "keras_ops",
+    "params_from_keras", "params_from_torch", "params_to_keras", "params_to_torch", "register",
+    "to_keras_model", "to_numpy", "to_torch_module", "torch_ops", "variables_from_keras",
+    "variables_from_torch", "variables_to_keras", "variables_to_torch",
 ]

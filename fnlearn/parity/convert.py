@@ -212,7 +212,8 @@ def variables_from_torch(source, *, model: Layer, input_shape: Sequence[int],
 
     Args:
       source: a ``torch.nn.Module`` (an ``nn.Sequential`` or a module with its own
-        ``forward``, read with ``torch.fx``).
+        ``forward``, read with ``torch.fx``), or a dict of tensors named as in its
+        ``state_dict`` (gradients too), which pairs with the weighted layers only.
       model: the fnlearn model the weights are for.
       input_shape: fnlearn's per-example input shape.
       weighted_only: compare only layers with weights (see ``align``).
@@ -221,6 +222,8 @@ def variables_from_torch(source, *, model: Layer, input_shape: Sequence[int],
     _, like_params, like_state = jax.eval_shape(
         lambda k: init_with_state(model, k, input_shape), jax.random.key(0))
     params, state = {}, {}
+    # A state dict (or a dict of gradients) names weights only: it pairs with weighted layers.
+    weighted_only = weighted_only or isinstance(source, dict)
     for step, ops in align(steps, torch_ops(source), "PyTorch", weighted_only):
         entry = registry.REGISTRY[step.layer.kind]
         if entry.from_torch is None:

@@ -16,7 +16,7 @@ kernel rows permuted accordingly.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 
@@ -71,11 +71,21 @@ def _torch_layer(op: Op) -> Layer | None:
                          padding=padding, dilation=_pair(m.dilation),
                          use_bias=m.bias is not None, init="torch")
     if op.kind == "batch_norm":
-        return nn.BatchNorm.torch(momentum=m.momentum, epsilon=m.eps)
+        if not m.track_running_stats or m.momentum is None:
+            raise ValueError(f"{type(m).__name__} at {op.where} keeps no running statistics "
+                             "(or a cumulative average): not supported")
+        return nn.BatchNorm(momentum=m.momentum, epsilon=m.eps, convention="torch",
+                            center=m.affine, scale=m.affine)
     if op.kind in ("max_pool2d", "avg_pool2d"):
         window = _pair(m.kernel_size if m is not None else c["kernel_size"])
         stride = _pair((m.stride if m is not None else c["stride"]) or window)
         pad = _pair(m.padding if m is not None else c["padding"])
+        if op.kind == "avg_pool2d" and any(pad) and (m is None or m.count_include_pad):
+            raise ValueError(f"average pooling at {op.where} counts padding "
+                             "(count_include_pad=True); fnlearn averages real pixels only")
+        if m is not None and (getattr(m, "ceil_mode", False) or getattr(m, "dilation", 1) != 1):
+            raise ValueError(f"{type(m).__name__} at {op.where} uses ceil_mode or dilation: "
+                             "not supported")
         layer = nn.MaxPool2D if op.kind == "max_pool2d" else nn.AvgPool2D
         return layer(window, strides=stride, padding=tuple((p, p) for p in pad))
     if op.kind == "global_avg_pool2d":
@@ -158,7 +168,8 @@ def _keras_layer(layer) -> Layer | None:
     if kind == "GlobalAveragePooling2D":
         return nn.GlobalAveragePooling2D()
     if kind == "BatchNormalization":
-        return nn.BatchNorm(momentum=cfg["momentum"], epsilon=cfg["epsilon"])
+        return nn.BatchNorm(momentum=cfg["momentum"], epsilon=cfg["epsilon"],
+                            center=cfg["center"], scale=cfg["scale"])
     if kind == "Flatten":
         return nn.Flatten()
     if kind == "Dropout":
@@ -202,4 +213,3 @@ def from_keras(keras_model, *, batch_size: int = 8, seed: int = 0,
                                                   state, x, x, rtol))
 
 
-__all__ = ["Imported", "Report", "from_keras", "from_torch", "Any"]

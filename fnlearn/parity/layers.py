@@ -59,7 +59,9 @@ def _f32(array) -> np.ndarray:
 
 
 def pairs(padding, kernel, strides, dilation, shape) -> tuple[tuple[int, int], ...]:
-    """Explicit ``((top, bottom), (left, right))`` padding for "valid", "same" or pairs."""
+    """Explicit ``((top, bottom), (left, right))`` padding for "valid", "same", an int or pairs."""
+    if isinstance(padding, int):
+        return ((padding, padding), (padding, padding))
     if not isinstance(padding, str):
         return tuple((int(a), int(b)) for a, b in padding)
     if padding.lower() == "valid":
@@ -191,7 +193,8 @@ def _conv_keras(keras, layer, shape):
     padding = c["padding"]
     layers = []
     if not isinstance(padding, str):
-        layers.append(keras.layers.ZeroPadding2D(tuple(tuple(p) for p in padding)))
+        explicit = pairs(padding, c["kernel_size"], c["strides"], c["dilation"], shape)
+        layers.append(keras.layers.ZeroPadding2D(explicit))
         padding = "valid"
     layers.append(keras.layers.Conv2D(c["filters"], tuple(c["kernel_size"]),
                                       strides=tuple(c["strides"]), padding=padding,
@@ -226,13 +229,15 @@ def _pool_torch(kind):
     def build(layer, shape):
         c = layer.config
         nn = _torch().nn
-        pads = pairs(c["padding"], c["window"], c["strides"], (1, 1), shape)
+        pads = pairs(c["padding"], c["pool_size"], c["strides"], (1, 1), shape)
         (top, bottom), (left, right) = pads
         if top != bottom or left != right:
             raise ValueError(f"{kind} with asymmetric padding {pads} has no PyTorch twin")
         if kind == "max_pool2d":
-            return [nn.MaxPool2d(tuple(c["window"]), tuple(c["strides"]), (top, left))]
-        return [nn.AvgPool2d(tuple(c["window"]), tuple(c["strides"]), (top, left))]
+            return [nn.MaxPool2d(tuple(c["pool_size"]), tuple(c["strides"]), (top, left))]
+        # fnlearn averages the real pixels of a padded window only.
+        return [nn.AvgPool2d(tuple(c["pool_size"]), tuple(c["strides"]), (top, left),
+                             count_include_pad=False)]
     return build
 
 
@@ -242,7 +247,7 @@ def _pool_keras(kind):
         cls = keras.layers.MaxPooling2D if kind == "max_pool2d" else keras.layers.AveragePooling2D
         if not isinstance(c["padding"], str):
             raise ValueError(f"{kind} with explicit padding has no Keras twin")
-        return [cls(tuple(c["window"]), tuple(c["strides"]), padding=c["padding"])]
+        return [cls(tuple(c["pool_size"]), tuple(c["strides"]), padding=c["padding"])]
     return build
 
 
@@ -255,38 +260,63 @@ register("global_avg_pool2d", Entry(
 
 
 # --- BatchNorm ------------------------------------------------------------------------------
+# fnlearn keeps the decay (the weight of the old running value): Keras's momentum, and one
+# minus PyTorch's. Parameters gamma/beta are PyTorch's weight/bias; state mean/var its
+# running_mean/running_var.
 
 
 def _bn_torch(layer, shape):
     c = layer.config
     nn = _torch().nn
     cls = nn.BatchNorm2d if len(shape) == 3 else nn.BatchNorm1d
-    # PyTorch's momentum weighs the new batch; fnlearn's config keeps it as the user gave it.
-    return [cls(shape[-1], eps=c["epsilon"], momentum=c["torch_momentum"])]
+    if c["center"] != c["scale"]:
+        raise ValueError("BatchNorm with only one of center/scale has no PyTorch twin")
+    return [cls(shape[-1], eps=c["epsilon"], momentum=1.0 - c["decay"], affine=c["scale"])]
 
 
 def _bn_keras(keras, layer, shape):
     c = layer.config
-    return [keras.layers.BatchNormalization(momentum=1.0 - c["torch_momentum"],
-                                            epsilon=c["epsilon"])]
+    return [keras.layers.BatchNormalization(momentum=c["decay"], epsilon=c["epsilon"],
+                                            center=c["center"], scale=c["scale"])]
+
+
+def _bn_params(layer, gamma, beta):
+    params = {}
+    if layer.config["scale"]:
+        params["gamma"] = _f32(gamma)
+    if layer.config["center"]:
+        params["beta"] = _f32(beta)
+    return params
 
 
 def _bn_to_torch(params, state, layer, module, flatten_from):
-    return {"weight": _f32(params["scale"]), "bias": _f32(params["bias"]),
-            "running_mean": _f32(state["mean"]), "running_var": _f32(state["var"])}
+    out = {"running_mean": _f32(state["mean"]), "running_var": _f32(state["var"])}
+    if "gamma" in params:
+        out["weight"] = _f32(params["gamma"])
+    if "beta" in params:
+        out["bias"] = _f32(params["beta"])
+    return out
 
 
 def _bn_from_torch(tensors, layer, module, flatten_from):
-    return ({"scale": _f32(tensors["weight"]), "bias": _f32(tensors["bias"])},
+    return (_bn_params(layer, tensors.get("weight"), tensors.get("bias")),
             {"mean": _f32(tensors["running_mean"]), "var": _f32(tensors["running_var"])})
 
 
-register("batch_norm", Entry(
-    lambda layer: ("batch_norm",), _bn_torch, _bn_keras, _bn_to_torch, _bn_from_torch,
-    lambda params, state, layer: [_f32(params["scale"]), _f32(params["bias"]),
-                                  _f32(state["mean"]), _f32(state["var"])],
-    lambda weights, layer: ({"scale": _f32(weights[0]), "bias": _f32(weights[1])},
-                            {"mean": _f32(weights[2]), "var": _f32(weights[3])})))
+def _bn_to_keras(params, state, layer):
+    weights = [_f32(params[k]) for k in ("gamma", "beta") if k in params]
+    return weights + [_f32(state["mean"]), _f32(state["var"])]
+
+
+def _bn_from_keras(weights, layer):
+    weights = list(weights)
+    gamma = weights.pop(0) if layer.config["scale"] else None
+    beta = weights.pop(0) if layer.config["center"] else None
+    return _bn_params(layer, gamma, beta), {"mean": _f32(weights[0]), "var": _f32(weights[1])}
+
+
+register("batch_norm", Entry(lambda layer: ("batch_norm",), _bn_torch, _bn_keras, _bn_to_torch,
+                             _bn_from_torch, _bn_to_keras, _bn_from_keras))
 
 
 def entry(layer, position: int, target: str) -> Entry:
