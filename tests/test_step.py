@@ -156,3 +156,13 @@ def test_a_custom_loop_gives_fit_s_parameters_bit_for_bit():
     assert len(leaves) == 23
     for a, b in leaves:
         np.testing.assert_array_equal(a, b)
+
+
+def test_mesh_placement_carries_the_model_state():
+    x, y = blobs(200)
+    kwargs = dict(loss=LOSS, optimizer="adam", epochs=2, batch_size=50, verbose=0)
+    plain, _ = fl.fit(stateful_model(), x, y, **kwargs)
+    meshed, _ = fl.fit(stateful_model(), x, y, mesh=fl.distributed.make_mesh(), **kwargs)
+    assert meshed.model_state["running_mean_0"]["mean"].sharding.is_fully_replicated
+    for a, b in zip(jax.tree.leaves(plain), jax.tree.leaves(meshed)):
+        np.testing.assert_allclose(a, b, rtol=1e-6)
