@@ -219,19 +219,30 @@ def variables_from_torch(source, *, model: Layer, input_shape: Sequence[int],
       weighted_only: compare only layers with weights (see ``align``).
     """
     steps = walk(model, input_shape)
+    # A state dict (or a dict of gradients) names weights only: it pairs with weighted layers.
+    pairs = align(steps, torch_ops(source), "PyTorch", weighted_only or isinstance(source, dict))
+
+    def convert(entry, step, obj):
+        if entry.from_torch is None:
+            return None
+        tensors = obj if isinstance(obj, dict) else (dict(obj.named_parameters(recurse=False))
+                                                     | dict(obj.named_buffers(recurse=False)))
+        return entry.from_torch(tensors, step.layer, obj, _flatten_from(steps, step.position))
+
+    return _collect(model, input_shape, pairs, convert)
+
+
+def _collect(model, input_shape, pairs, convert) -> tuple[Params, Params]:
+    """``(params, state)`` from ``convert(entry, step, obj)`` per layer, each checked against
+    the shapes ``model`` initializes."""
     _, like_params, like_state = jax.eval_shape(
         lambda k: init_with_state(model, k, input_shape), jax.random.key(0))
     params, state = {}, {}
-    # A state dict (or a dict of gradients) names weights only: it pairs with weighted layers.
-    weighted_only = weighted_only or isinstance(source, dict)
-    for step, ops in align(steps, torch_ops(source), "PyTorch", weighted_only):
-        entry = registry.REGISTRY[step.layer.kind]
-        if entry.from_torch is None:
+    for step, ops in pairs:
+        converted = convert(registry.REGISTRY[step.layer.kind], step, ops[0].obj) if ops else None
+        if converted is None:
             continue
-        obj = ops[0].obj
-        tensors = obj if isinstance(obj, dict) else (dict(obj.named_parameters(recurse=False))
-                                                     | dict(obj.named_buffers(recurse=False)))
-        p, s = entry.from_torch(tensors, step.layer, obj, _flatten_from(steps, step.position))
+        p, s = converted
         _check_tree(f"{ops[0].where} -> {step.name}", p, like_params.get(step.name, {}))
         _check_tree(f"{ops[0].where} -> {step.name} state", s, like_state.get(step.name, {}))
         if p:
@@ -261,22 +272,10 @@ def variables_to_keras(params: Params, keras_model, *, model: Layer, input_shape
 def variables_from_keras(keras_model, *, model: Layer, input_shape: Sequence[int],
                          weighted_only: bool = False) -> tuple[Params, Params]:
     """``(params, model_state)`` for ``model`` from a Keras model, kinds checked in order."""
-    _, like_params, like_state = jax.eval_shape(
-        lambda k: init_with_state(model, k, input_shape), jax.random.key(0))
-    params, state = {}, {}
-    for step, ops in align(walk(model, input_shape), keras_ops(keras_model), "Keras",
-                           weighted_only):
-        entry = registry.REGISTRY[step.layer.kind]
-        if entry.from_keras is None:
-            continue
-        p, s = entry.from_keras(ops[0].obj.get_weights(), step.layer)
-        _check_tree(f"{ops[0].where} -> {step.name}", p, like_params.get(step.name, {}))
-        _check_tree(f"{ops[0].where} -> {step.name} state", s, like_state.get(step.name, {}))
-        if p:
-            params[step.name] = p
-        if s:
-            state[step.name] = s
-    return params, state
+    pairs = align(walk(model, input_shape), keras_ops(keras_model), "Keras", weighted_only)
+    return _collect(model, input_shape, pairs, lambda entry, step, layer: None
+                    if entry.from_keras is None else entry.from_keras(layer.get_weights(),
+                                                                      step.layer))
 
 
 def _module_prefix(root, target) -> str:
