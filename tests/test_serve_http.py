@@ -7,7 +7,7 @@ sets it) a missing one is a failure instead.
 from __future__ import annotations
 
 import http.client
-import importlib.util
+import importlib
 import json
 import os
 import signal
@@ -30,9 +30,11 @@ ENV = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"}
 
 
 def _require_serve() -> None:
-    missing = [m for m in ("starlette", "uvicorn") if importlib.util.find_spec(m) is None]
-    if missing:
-        reason = f"{', '.join(missing)} not installed; pip install -e '.[serve]'"
+    try:
+        importlib.import_module("starlette")
+        importlib.import_module("uvicorn")
+    except ImportError as error:
+        reason = f"the server needs Starlette and uvicorn ({error}); pip install -e '.[serve]'"
         if os.environ.get("FNLEARN_REQUIRE_SERVE") == "1":
             pytest.fail(f"FNLEARN_REQUIRE_SERVE=1 but {reason}", pytrace=False)
         pytest.skip(reason)
