@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import threading
 import time
@@ -107,17 +108,26 @@ def test_without_batching_every_request_is_its_own_call():
     assert fn.shapes == [(8, 3)] * 10
 
 
-def test_a_lone_request_waits_at_most_the_batch_timeout():
+def test_a_batch_waits_for_requests_still_being_read_but_never_for_nobody():
     fn = Recorder()
+    x = np.ones((1, 2), np.float32)
 
-    async def scenario():
-        async with DynamicBatcher(fn, BatchPolicy(max_batch_size=32, timeout_s=0.2)) as batcher:
+    async def elapsed(announced_elsewhere: int, leave_after_s: float | None = None) -> float:
+        async with DynamicBatcher(fn, BatchPolicy(max_batch_size=32, timeout_s=0.4)) as batcher:
+            others = contextlib.ExitStack()
+            for _ in range(announced_elsewhere):
+                others.enter_context(batcher.incoming())
+            if leave_after_s is not None:
+                asyncio.get_running_loop().call_later(leave_after_s, others.close)
             start = time.perf_counter()
-            await batcher.submit(np.ones((1, 2), np.float32))
+            with batcher.incoming():
+                await batcher.submit(x)
+            others.close()
             return time.perf_counter() - start
 
-    elapsed = asyncio.run(scenario())
-    assert 0.2 <= elapsed < 1.0
+    assert asyncio.run(elapsed(0)) < 0.1  # alone: no wait
+    assert 0.4 <= asyncio.run(elapsed(1)) < 0.8  # another request never arrives: the timeout
+    assert 0.1 <= asyncio.run(elapsed(1, leave_after_s=0.1)) < 0.3  # it left: wait no longer
 
 
 def test_a_timed_out_request_is_dropped_and_the_next_is_served():

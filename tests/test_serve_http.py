@@ -220,24 +220,30 @@ def _answer(connection: socket.socket) -> tuple[int, dict]:
 
 def test_request_timeouts_and_a_full_batch_that_does_not_wait(mnist):
     *_, path, x, expected = mnist
-    # A lone request waits 2 s for company but times out after 0.5 s; a full batch goes at once.
-    timed = Server(path, "--request-timeout", "0.5", "--batch-timeout-ms", "2000",
+    timed = Server(path, "--request-timeout", "1.0", "--batch-timeout-ms", "5000",
                    "--max-batch-size", "32")
+    body = _body({"instances": x[:1].tolist()})
     try:
-        start = time.monotonic()
-        status, answer = timed.request("POST", "/v1/models/mnist:predict",
-                                       _body({"instances": x[:1].tolist()}))
-        assert status == 504 and "no prediction within the request timeout of 0.5 s" in \
-            answer["error"] and time.monotonic() - start < 1.5
-        slow_client = _send_partial(timed.port, _body({"instances": x[:1].tolist()}), 10)
-        time.sleep(0.8)
-        status, answer = _answer(slow_client)
-        slow_client.close()
-        assert status == 408 and "did not arrive within 0.5 s" in answer["error"]
+        # Two slow clients keep a batch waiting past the third request's deadline.
+        first_slow = _send_partial(timed.port, body, 10)
+        time.sleep(0.3)
+        with ThreadPoolExecutor(1) as pool:
+            waiting = pool.submit(timed.request, "POST", "/v1/models/mnist:predict", body)
+            time.sleep(0.3)
+            second_slow = _send_partial(timed.port, body, 10)
+            status, answer = waiting.result()
+        assert status == 504, answer
+        assert "no prediction within the request timeout of 1.0 s" in answer["error"]
+        for slow in (first_slow, second_slow):
+            status, answer = _answer(slow)
+            slow.close()
+            assert status == 408 and "did not arrive within 1.0 s" in answer["error"]
+        # 32 concurrent requests: the batch closes when full or when all in progress have
+        # joined, never waiting out the 5 s batch timeout.
         start = time.monotonic()
         with ThreadPoolExecutor(32) as pool:
             answers = list(pool.map(lambda i: timed.predict(x[i:i + 1]), range(32)))
-        assert time.monotonic() - start < 1.5
+        assert time.monotonic() - start < 3.0
         assert np.array_equal(np.concatenate(answers), expected[:32])
     finally:
         timed.stop()

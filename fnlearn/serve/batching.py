@@ -1,9 +1,11 @@
 """Dynamic batching: concurrent requests merged into one call of a fixed-size compiled function.
 
 Each request is a NumPy batch of rows. ``DynamicBatcher.submit`` queues it and
-waits; one worker takes queued requests together, up to ``max_batch_size`` rows
-or until the first of them has waited ``timeout_s``, runs them as one call, and
-hands each request exactly its own rows back. Every call is padded to one of a
+waits; one worker takes queued requests together and runs them as one call,
+handing each request exactly its own rows back. A batch is closed when it holds
+``max_batch_size`` rows, when the first of its requests has waited ``timeout_s``,
+or as soon as every request the server is still reading (``incoming``) has
+joined: a lone client never waits for company that is not coming. Every call is padded to one of a
 few fixed ``batch_sizes``, so a compiled function never sees a new shape under
 load. With batching off each request is its own call (still padded).
 
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -51,7 +54,8 @@ class BatchPolicy:
     Attributes:
       enabled: merge concurrent requests (False: one call per request).
       max_batch_size: the most rows merged into one call.
-      timeout_s: how long the first request of a batch waits for others to join it.
+      timeout_s: the longest the first request of a batch waits for the requests still
+        being read (``DynamicBatcher.incoming``) to join it.
       batch_sizes: the sizes calls are padded to, ascending (default: ``default_batch_sizes``).
       max_queued: requests waiting beyond this many are refused (``OverloadedError``).
     """
@@ -135,6 +139,7 @@ class DynamicBatcher:
         self._pending: collections.deque[_Request] = collections.deque()
         self._arrived = asyncio.Event()
         self._closing = False
+        self._incoming = 0
         self._worker: asyncio.Task | None = None
         workers = 1 if policy.enabled else min(4, os.cpu_count() or 1)
         self._executor = ThreadPoolExecutor(workers, thread_name_prefix="fnlearn-serve")
@@ -177,8 +182,24 @@ class DynamicBatcher:
         self._arrived.set()
         return await request.future
 
-    def _queued_rows(self) -> int:
-        return sum(len(r.rows) for r in self._pending if not r.future.done())
+    @contextlib.contextmanager
+    def incoming(self):
+        """Marks a request being read and decoded: an open batch may wait for it to join.
+
+        Wrap everything from the first byte of a request to the end of its ``submit``
+        in it; a request that never submits (a bad one) only ends the wait on leaving.
+        """
+        self._incoming += 1
+        try:
+            yield
+        finally:
+            self._incoming -= 1
+            self._arrived.set()
+
+    def _worth_waiting(self) -> bool:
+        live = [r for r in self._pending if not r.future.done()]
+        return (len(live) < self._incoming and not self._closing
+                and sum(len(r.rows) for r in live) < self.policy.max_batch_size)
 
     async def _next_batch(self) -> list[_Request]:
         while not self._pending:
@@ -188,7 +209,7 @@ class DynamicBatcher:
             await self._arrived.wait()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.policy.timeout_s
-        while self._queued_rows() < self.policy.max_batch_size and not self._closing:
+        while self._worth_waiting():
             remaining = deadline - loop.time()
             if remaining <= 0:
                 break

@@ -147,24 +147,27 @@ def create_app(model_path: str | Path, *, name: str | None = None, version: int 
     async def predict(request: Request) -> Response:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + request_timeout_s
-        try:
-            body = await asyncio.wait_for(_read_body(request, max_body_bytes),
-                                          request_timeout_s)
-        except TimeoutError:
-            return _error(408, f"the request body did not arrive within {request_timeout_s} s")
-        if len(body) > _PARSE_IN_THREAD_BYTES:
-            x, row_format = await asyncio.to_thread(parse_predict, body, in_dtype, example_shape)
-        else:
-            x, row_format = parse_predict(body, in_dtype, example_shape)
         batcher: DynamicBatcher = request.state.batcher
-        try:
-            outputs = await asyncio.wait_for(batcher.submit(x),
-                                             max(deadline - loop.time(), 0.0))
-        except TimeoutError:
-            return _error(504, f"no prediction within the request timeout of "
-                               f"{request_timeout_s} s")
-        except OverloadedError as error:
-            return _error(503, f"server overloaded: {error}")
+        with batcher.incoming():
+            try:
+                body = await asyncio.wait_for(_read_body(request, max_body_bytes),
+                                              request_timeout_s)
+            except TimeoutError:
+                return _error(408, f"the request body did not arrive within "
+                                   f"{request_timeout_s} s")
+            if len(body) > _PARSE_IN_THREAD_BYTES:
+                x, row_format = await asyncio.to_thread(parse_predict, body, in_dtype,
+                                                        example_shape)
+            else:
+                x, row_format = parse_predict(body, in_dtype, example_shape)
+            try:
+                outputs = await asyncio.wait_for(batcher.submit(x),
+                                                 max(deadline - loop.time(), 0.0))
+            except TimeoutError:
+                return _error(504, f"no prediction within the request timeout of "
+                                   f"{request_timeout_s} s")
+            except OverloadedError as error:
+                return _error(503, f"server overloaded: {error}")
         return Response(predict_answer(outputs, row_format), media_type="application/json")
 
     async def models(request: Request) -> Response:
