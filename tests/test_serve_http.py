@@ -218,6 +218,24 @@ def _answer(connection: socket.socket) -> tuple[int, dict]:
     return response.status, json.loads(response.read())
 
 
+def test_chunked_body_over_the_limit_is_refused_while_streaming(server, mnist):
+    *_, x, expected = mnist
+    connection = socket.create_connection(("127.0.0.1", server.port), timeout=30)
+    connection.sendall(b"POST /v1/models/mnist:predict HTTP/1.1\r\nHost: x\r\n"
+                       b"Transfer-Encoding: chunked\r\n\r\n")
+    chunk = b" " * 50_000
+    try:
+        for _ in range(5):  # 250 000 bytes, no Content-Length to refuse them by
+            connection.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+        connection.sendall(b"0\r\n\r\n")
+    except OSError:  # the server may answer and close before the last chunk
+        pass
+    status, answer = _answer(connection)
+    connection.close()
+    assert status == 413 and "exceeds the limit of 200000 bytes" in answer["error"]
+    assert np.array_equal(server.predict(x[:2]), expected[:2])
+
+
 def test_request_timeouts_and_a_full_batch_that_does_not_wait(mnist):
     *_, path, x, expected = mnist
     timed = Server(path, "--request-timeout", "1.0", "--batch-timeout-ms", "5000",
@@ -286,3 +304,13 @@ def test_no_pickle_in_the_serving_code():
     for source in (ROOT / "fnlearn" / "serve").glob("*.py"):
         text = source.read_text()
         assert "import pickle" not in text and "allow_pickle=True" not in text, source
+
+
+def test_load_benchmark_runs_end_to_end_with_every_answer_checked():
+    _require_serve()
+    from experiments import serve_benchmark
+
+    rows = serve_benchmark.main(["--clients", "1,4", "--requests", "40", "--seconds", "20"])
+    assert [(r["batching"], r["clients"], r["requests"]) for r in rows] == [
+        ("on", 1, 40), ("on", 4, 40), ("off", 1, 40), ("off", 4, 40)]
+    assert all(r["requests_per_s"] > 0 and r["p99_ms"] >= r["p50_ms"] > 0 for r in rows)
