@@ -191,7 +191,7 @@ def test_close_finishes_queued_requests_first():
                    for i in range(6)]
         await asyncio.sleep(0)
         await batcher.close()
-        with pytest.raises(RuntimeError, match="shutting down"):
+        with pytest.raises(OverloadedError, match="shutting down"):
             await batcher.submit(np.ones((1, 1)))
         return [p.result()[0, 0] for p in pending]
 

@@ -83,7 +83,7 @@ class BatchPolicy:
 
 
 class OverloadedError(RuntimeError):
-    """More requests are waiting than ``BatchPolicy.max_queued`` allows."""
+    """A request cannot be taken now: ``BatchPolicy.max_queued`` are waiting, or shutdown began."""
 
 
 def padded_size(rows: int, batch_sizes: Sequence[int]) -> int:
@@ -163,11 +163,13 @@ class DynamicBatcher:
         """Outputs for ``rows`` (a batch of at least one row), computed with others' rows.
 
         Raises:
-          OverloadedError: too many requests are waiting already.
-          RuntimeError: the batcher is shutting down.
+          OverloadedError: too many requests are waiting already, or the batcher is closing.
         """
         if self._closing:
-            raise RuntimeError("the server is shutting down")
+            raise OverloadedError("the server is shutting down")
+        waiting = len(self._in_flight) if not self.policy.enabled else len(self._pending)
+        if waiting >= self.policy.max_queued:
+            raise OverloadedError(f"{waiting} requests are waiting; try again later")
         loop = asyncio.get_running_loop()
         if not self.policy.enabled:
             self._count_calls(len(rows))
@@ -175,8 +177,6 @@ class DynamicBatcher:
             self._in_flight.add(future)
             future.add_done_callback(self._in_flight.discard)
             return await future
-        if len(self._pending) >= self.policy.max_queued:
-            raise OverloadedError(f"{len(self._pending)} requests are waiting; try again later")
         request = _Request(rows, loop.create_future())
         self._pending.append(request)
         self._arrived.set()

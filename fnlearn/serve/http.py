@@ -167,7 +167,7 @@ def create_app(model_path: str | Path, *, name: str | None = None, version: int 
                 return _error(504, f"no prediction within the request timeout of "
                                    f"{request_timeout_s} s")
             except OverloadedError as error:
-                return _error(503, f"server overloaded: {error}")
+                return _error(503, f"server unavailable: {error}")
         return Response(predict_answer(outputs, row_format), media_type="application/json")
 
     async def models(request: Request) -> Response:
