@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import logging
 from pathlib import Path
@@ -217,6 +218,10 @@ def serve(model_path: str | Path, *, host: str = "127.0.0.1", port: int = 8501,
     """
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
     app = create_app(model_path, **app_options)
+    # The loaded model and JAX leave hundreds of thousands of long-lived objects; a full
+    # garbage collection walking them stalled every request in flight for ~60 ms (the p99
+    # of experiments/serve_benchmark.py). Frozen, they are never walked again.
+    gc.freeze()
     config = uvicorn.Config(app, host=host, port=port, access_log=access_log, lifespan="on",
                             timeout_graceful_shutdown=graceful_timeout_s, log_level="info")
     uvicorn.Server(config).run()
