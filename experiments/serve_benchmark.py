@@ -8,21 +8,24 @@ busy with one-image predict requests (row format). Without batching the server
 calls the model on exactly one row per request (``--batch-sizes 1,2,4,...``), its
 fastest setting. Every answer is checked bit for bit against ``fnlearn.predict``
 (batches of 32 rows, or of one row without batching). Each level stops after
-``--requests`` requests or ``--seconds`` seconds, whichever comes first.
+``--requests`` requests or ``--seconds`` seconds, whichever comes first; both
+servers run side by side and take turns, level by level, ``--repeats`` times.
 
-    python experiments/serve_benchmark.py [--clients 1,8,32,128] [--requests 3000] [--seconds 8]
-                                          [--hidden 128] [--layers 1]
+    python experiments/serve_benchmark.py [--clients 1,8,32,128] [--requests 20000] [--seconds 6]
+                                          [--repeats 1] [--hidden 128] [--layers 1]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import http.client
 import json
 import os
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -118,10 +121,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--clients", default="1,8,32,128",
                         help="comma-separated numbers of concurrent clients (default: %(default)s)")
-    parser.add_argument("--requests", type=int, default=3000,
+    parser.add_argument("--requests", type=int, default=20000,
                         help="most requests per level (default: %(default)s)")
-    parser.add_argument("--seconds", type=float, default=8.0,
+    parser.add_argument("--seconds", type=float, default=6.0,
                         help="most seconds per level (default: %(default)s)")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="runs of every level; the table shows their medians (default: 1)")
     parser.add_argument("--max-batch-size", type=int, default=128)
     parser.add_argument("--hidden", type=int, default=128,
                         help="units of each hidden layer (default: %(default)s, the article's)")
@@ -147,29 +152,34 @@ def main(argv: list[str] | None = None) -> list[dict]:
                  f"Content-Length: {len(body)}\r\n\r\n").encode() + body
                 for body in (json.dumps({"instances": [image.tolist()]}).encode()
                              for image in images)]
-    rows = []
-    with tempfile.TemporaryDirectory() as folder:
+    runs = []
+    with tempfile.TemporaryDirectory() as folder, contextlib.ExitStack() as servers:
         path = fl.export.export_model(model, params, (28, 28), np.uint8, Path(folder) / "m.fnx",
                                       platforms=("cpu",))
-        for batching in (True, False):
-            port = _free_port()
-            options = ["--max-batch-size", str(args.max_batch_size)]
-            mode = "on" if batching else "off"
-            if not batching:
-                options += ["--no-batching", "--batch-sizes", single_sizes]
-            server = start_server(path, port, *options)
-            try:
-                asyncio.run(load(port, 4, requests, expected[mode], 100, 30.0))  # warm-up
-                for clients in levels:
-                    row = asyncio.run(load(port, clients, requests, expected[mode],
+        ports = {"on": _free_port(), "off": _free_port()}
+        for mode, extra in (("on", []), ("off", ["--no-batching", "--batch-sizes", single_sizes])):
+            server = start_server(path, ports[mode], "--max-batch-size",
+                                  str(args.max_batch_size), *extra)
+            servers.callback(stop_server, server)
+            asyncio.run(load(ports[mode], 4, requests, expected[mode], 100, 30.0))  # warm-up
+        # On and off take turns level by level, so a change in the machine's load hits both.
+        for _ in range(args.repeats):
+            for clients in levels:
+                for mode in ("on", "off"):
+                    run = asyncio.run(load(ports[mode], clients, requests, expected[mode],
                                            args.requests, args.seconds))
-                    rows.append({"batching": mode, **row})
-                    print(f"batching {rows[-1]['batching']:>3}  clients {clients:>4}  "
-                          f"{row['requests']:>6} requests  {row['requests_per_s']:8.0f} req/s  "
-                          f"p50 {row['p50_ms']:7.2f} ms  p99 {row['p99_ms']:7.2f} ms", flush=True)
-            finally:
-                stop_server(server)
-    print("\n| clients | batching on: req/s | p50 ms | p99 ms | batching off: req/s | p50 ms "
+                    runs.append({"batching": mode, **run})
+                    print(f"batching {mode:>3}  clients {clients:>4}  {run['requests']:>6} "
+                          f"requests  {run['requests_per_s']:8.0f} req/s  p50 "
+                          f"{run['p50_ms']:7.2f} ms  p99 {run['p99_ms']:7.2f} ms", flush=True)
+    rows = [{"batching": mode, "clients": clients,
+             "requests": sum(r["requests"] for r in same),
+             **{key: statistics.median(r[key] for r in same)
+                for key in ("requests_per_s", "p50_ms", "p99_ms")}}
+            for mode in ("on", "off") for clients in levels
+            for same in [[r for r in runs if (r["batching"], r["clients"]) == (mode, clients)]]]
+    print(f"\nmedians of {args.repeats} run(s) per level\n"
+          "| clients | batching on: req/s | p50 ms | p99 ms | batching off: req/s | p50 ms "
           "| p99 ms | on/off |\n| --- | --- | --- | --- | --- | --- | --- | --- |")
     for clients in levels:
         on, off = (next(r for r in rows if r["clients"] == clients and r["batching"] == b)
