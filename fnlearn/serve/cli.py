@@ -55,7 +55,9 @@ def predict_file(model: str, inputs: str, out: str | None = None) -> int:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m fnlearn.serve", formatter_class=argparse.RawDescriptionHelpFormatter,
-        description=__doc__.split("\n\n", 1)[1])
+        usage="%(prog)s MODEL [--name NAME] [--host HOST] [--port PORT] [options]\n"
+              "       %(prog)s [predict] MODEL INPUT.npy [--out OUT]",
+        description=__doc__.split("\n\n")[-1])
     parser.add_argument("paths", nargs="+", metavar="MODEL [INPUT.npy]",
                         help="the export; with an input file, predict it and exit")
     file_mode = parser.add_argument_group("file mode")
