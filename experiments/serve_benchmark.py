@@ -32,6 +32,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import jax
 import numpy as np
 
 import fnlearn as fl
@@ -111,6 +112,23 @@ async def load(port: int, clients: int, requests: list[bytes], expected: np.ndar
             "p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99))}
 
 
+def model_call_ms(path: Path, sizes: tuple[int, ...] = (1, 32, 128),
+                  repeats: int = 50) -> dict[int, float]:
+    """Median milliseconds of one call of the exported function alone, per batch size."""
+    call = jax.jit(fl.export.load_exported(path).exported.call)
+    times = {}
+    for size in sizes:
+        x = np.zeros((size, 28, 28), np.uint8)
+        np.asarray(call(x))
+        samples = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            np.asarray(call(x))
+            samples.append((time.perf_counter() - start) * 1e3)
+        times[size] = statistics.median(samples)
+    return times
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -156,6 +174,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     with tempfile.TemporaryDirectory() as folder, contextlib.ExitStack() as servers:
         path = fl.export.export_model(model, params, (28, 28), np.uint8, Path(folder) / "m.fnx",
                                       platforms=("cpu",))
+        alone = model_call_ms(path)
+        print("one call of the model alone, by batch size: " + ", ".join(
+            f"{size}: {ms:.3f} ms" for size, ms in alone.items()), flush=True)
         ports = {"on": _free_port(), "off": _free_port()}
         for mode, extra in (("on", []), ("off", ["--no-batching", "--batch-sizes", single_sizes])):
             server = start_server(path, ports[mode], "--max-batch-size",
