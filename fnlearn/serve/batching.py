@@ -1,0 +1,263 @@
+"""Dynamic batching: concurrent requests merged into one call of a fixed-size compiled function.
+
+Each request is a NumPy batch of rows. ``DynamicBatcher.submit`` queues it and
+waits; one worker takes queued requests together and runs them as one call,
+handing each request exactly its own rows back. A batch is closed when it holds
+``max_batch_size`` rows, when the first of its requests has waited ``timeout_s``,
+or as soon as every request the server is still reading (``incoming``) has
+joined: a lone client never waits for company that is not coming. Every call is padded to one of a
+few fixed ``batch_sizes``, so a compiled function never sees a new shape under
+load. With batching off each request is its own call (still padded).
+
+The logic knows nothing of HTTP: the server and the tests drive it alike.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+# Below 17 rows XLA on CPU picks other matrix-multiply kernels than above, and a row's
+# last bits differ with the kernel; 32 and up keeps every call in one kernel regime.
+SMALLEST_DEFAULT_BATCH = 32
+
+
+def default_batch_sizes(max_batch_size: int) -> tuple[int, ...]:
+    """Powers of two from 32 up to ``max_batch_size`` (which is always the last size).
+
+    Args:
+      max_batch_size: the most rows in one call.
+
+    Returns:
+      The ascending padded sizes, e.g. ``(32, 64, 128)`` for 128.
+    """
+    if not isinstance(max_batch_size, int) or max_batch_size <= 0:
+        raise ValueError(f"max_batch_size must be a positive int, got {max_batch_size!r}")
+    sizes, size = [], SMALLEST_DEFAULT_BATCH
+    while size < max_batch_size:
+        sizes.append(size)
+        size *= 2
+    return (*sizes, max_batch_size)
+
+
+@dataclass(frozen=True)
+class BatchPolicy:
+    """How requests are merged into calls.
+
+    Attributes:
+      enabled: merge concurrent requests (False: one call per request).
+      max_batch_size: the most rows merged into one call.
+      timeout_s: the longest the first request of a batch waits for the requests still
+        being read (``DynamicBatcher.incoming``) to join it.
+      batch_sizes: the sizes calls are padded to, ascending (default: ``default_batch_sizes``).
+      max_queued: requests waiting beyond this many are refused (``OverloadedError``).
+    """
+
+    enabled: bool = True
+    max_batch_size: int = 128
+    timeout_s: float = 0.001
+    batch_sizes: tuple[int, ...] = field(default=())
+    max_queued: int = 1024
+
+    def __post_init__(self):
+        sizes = tuple(self.batch_sizes) or default_batch_sizes(self.max_batch_size)
+        if any(not isinstance(s, int) or s <= 0 for s in sizes) or list(sizes) != sorted(
+                set(sizes)):
+            raise ValueError(f"batch_sizes must be distinct positive ints in ascending order, "
+                             f"got {self.batch_sizes!r}")
+        if sizes[-1] < self.max_batch_size:
+            raise ValueError(f"the largest batch size {sizes[-1]} is below max_batch_size "
+                             f"{self.max_batch_size}: a merged call would not fit")
+        if not self.timeout_s >= 0:
+            raise ValueError(f"timeout_s must be >= 0, got {self.timeout_s!r}")
+        if not isinstance(self.max_queued, int) or self.max_queued <= 0:
+            raise ValueError(f"max_queued must be a positive int, got {self.max_queued!r}")
+        object.__setattr__(self, "batch_sizes", sizes)
+
+
+class OverloadedError(RuntimeError):
+    """A request cannot be taken now: ``BatchPolicy.max_queued`` are waiting, or shutdown began."""
+
+
+def padded_size(rows: int, batch_sizes: Sequence[int]) -> int:
+    """The smallest of ``batch_sizes`` that holds ``rows`` rows (the largest if none does)."""
+    return next((size for size in batch_sizes if size >= rows), batch_sizes[-1])
+
+
+def run_padded(fn: Callable[[np.ndarray], np.ndarray], x: np.ndarray,
+               batch_sizes: Sequence[int]) -> np.ndarray:
+    """``fn(x)`` computed in chunks padded to ``batch_sizes``, so ``fn`` sees only those shapes.
+
+    Args:
+      fn: the batched function (rows in, rows out).
+      x: the rows, any number of them (at least one).
+      batch_sizes: the allowed call sizes, ascending; chunks are at most the largest.
+
+    Returns:
+      ``fn``'s outputs for exactly the rows of ``x``.
+    """
+    outputs = []
+    for start in range(0, len(x), batch_sizes[-1]):
+        chunk = x[start:start + batch_sizes[-1]]
+        size = padded_size(len(chunk), batch_sizes)
+        # Padding repeats a real row: zeros could be out of a model's range and cost nothing less.
+        padded = np.concatenate([chunk, np.repeat(chunk[-1:], size - len(chunk), axis=0)])
+        outputs.append(np.asarray(fn(padded))[:len(chunk)])
+    return outputs[0] if len(outputs) == 1 else np.concatenate(outputs)
+
+
+def split_rows(outputs: np.ndarray, counts: Sequence[int]) -> list[np.ndarray]:
+    """Cuts merged ``outputs`` back into consecutive pieces of ``counts`` rows each."""
+    if sum(counts) != len(outputs):
+        raise ValueError(f"{len(outputs)} output rows cannot be split into {list(counts)}")
+    return np.split(outputs, np.cumsum(counts)[:-1])
+
+
+@dataclass
+class _Request:
+    rows: np.ndarray
+    future: asyncio.Future
+
+
+class DynamicBatcher:
+    """Runs ``fn`` on requests from one event loop, merging concurrent ones per ``policy``.
+
+    Use it inside the loop that will submit: ``async with DynamicBatcher(fn, policy) as b:``
+    then ``await b.submit(x)``. On leaving, queued and running requests are finished first.
+    """
+
+    def __init__(self, fn: Callable[[np.ndarray], np.ndarray], policy: BatchPolicy):
+        self.fn, self.policy = fn, policy
+        self.calls = 0  # model calls made, for tests and metrics
+        self._pending: collections.deque[_Request] = collections.deque()
+        self._arrived = asyncio.Event()
+        self._closing = False
+        self._incoming = 0
+        self._worker: asyncio.Task | None = None
+        workers = 1 if policy.enabled else min(4, os.cpu_count() or 1)
+        self._executor = ThreadPoolExecutor(workers, thread_name_prefix="fnlearn-serve")
+        self._in_flight: set[asyncio.Future] = set()
+
+    async def __aenter__(self) -> DynamicBatcher:
+        if self.policy.enabled:
+            self._worker = asyncio.get_running_loop().create_task(self._run())
+        return self
+
+    async def __aexit__(self, *exc_info) -> None:
+        await self.close()
+
+    def _call(self, x: np.ndarray) -> np.ndarray:
+        return run_padded(self.fn, x, self.policy.batch_sizes)
+
+    def _count_calls(self, rows: int) -> None:
+        self.calls += -(-rows // self.policy.batch_sizes[-1])
+
+    async def submit(self, rows: np.ndarray) -> np.ndarray:
+        """Outputs for ``rows`` (a batch of at least one row), computed with others' rows.
+
+        Raises:
+          OverloadedError: too many requests are waiting already, or the batcher is closing.
+        """
+        if self._closing:
+            raise OverloadedError("the server is shutting down")
+        waiting = len(self._in_flight) if not self.policy.enabled else len(self._pending)
+        if waiting >= self.policy.max_queued:
+            raise OverloadedError(f"{waiting} requests are waiting; try again later")
+        loop = asyncio.get_running_loop()
+        if not self.policy.enabled:
+            self._count_calls(len(rows))
+            future = loop.run_in_executor(self._executor, self._call, rows)
+            self._in_flight.add(future)
+            future.add_done_callback(self._in_flight.discard)
+            return await future
+        request = _Request(rows, loop.create_future())
+        self._pending.append(request)
+        self._arrived.set()
+        return await request.future
+
+    @contextlib.contextmanager
+    def incoming(self):
+        """Marks a request being read and decoded: an open batch may wait for it to join.
+
+        Wrap everything from the first byte of a request to the end of its ``submit``
+        in it; a request that never submits (a bad one) only ends the wait on leaving.
+        """
+        self._incoming += 1
+        try:
+            yield
+        finally:
+            self._incoming -= 1
+            self._arrived.set()
+
+    def _worth_waiting(self) -> bool:
+        live = [r for r in self._pending if not r.future.done()]
+        return (len(live) < self._incoming and not self._closing
+                and sum(len(r.rows) for r in live) < self.policy.max_batch_size)
+
+    async def _next_batch(self) -> list[_Request]:
+        while not self._pending:
+            if self._closing:
+                return []
+            self._arrived.clear()
+            await self._arrived.wait()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.policy.timeout_s
+        while self._worth_waiting():
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            self._arrived.clear()
+            try:
+                await asyncio.wait_for(self._arrived.wait(), remaining)
+            except TimeoutError:
+                break
+        batch, rows = [], 0
+        while self._pending:
+            request = self._pending[0]
+            if request.future.done():  # timed out or cancelled while waiting: skip it
+                self._pending.popleft()
+                continue
+            if batch and rows + len(request.rows) > self.policy.max_batch_size:
+                break
+            batch.append(self._pending.popleft())
+            rows += len(request.rows)
+        return batch
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while not (self._closing and not self._pending):
+            batch = await self._next_batch()
+            if not batch:
+                continue
+            counts = [len(r.rows) for r in batch]
+            merged = batch[0].rows if len(batch) == 1 else np.concatenate([r.rows for r in batch])
+            self._count_calls(len(merged))
+            try:
+                outputs = await loop.run_in_executor(self._executor, self._call, merged)
+                pieces = split_rows(outputs, counts)
+            except Exception as error:  # noqa: BLE001 - handed to every request of the batch
+                pieces = [error] * len(batch)
+            for request, piece in zip(batch, pieces):
+                if request.future.done():
+                    continue
+                if isinstance(piece, Exception):
+                    request.future.set_exception(piece)
+                else:
+                    request.future.set_result(piece)
+
+    async def close(self) -> None:
+        """Finishes the queued and running requests, then stops the worker and its thread."""
+        self._closing = True
+        self._arrived.set()
+        if self._worker is not None:
+            await self._worker
+        if self._in_flight:
+            await asyncio.gather(*self._in_flight, return_exceptions=True)
+        self._executor.shutdown(wait=True)

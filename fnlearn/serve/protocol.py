@@ -1,0 +1,204 @@
+"""TensorFlow Serving's REST API as pure functions: paths, request bodies, answers.
+
+A predict request is ``{"instances": [...]}`` (row format: one entry per example)
+or ``{"inputs": ...}`` (columnar: the whole batch as one tensor); the answer is
+``{"predictions": [...]}`` or ``{"outputs": ...}`` respectively. Either may name
+the input, as TF Serving clients of a SavedModel exported by
+``fnlearn.export.export_saved_model`` do: ``{"instances": [{"inputs": ...}]}``,
+``{"inputs": {"inputs": ...}}``. Every mistake in a request is a ``RequestError``
+carrying the HTTP status and a message saying what to send instead.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+INPUT_NAME = "inputs"
+OUTPUT_NAME = "outputs"
+SIGNATURE_NAME = "serving_default"
+
+_PATH = re.compile(r"(?P<name>[^/:]+)(?:/versions/(?P<version>[^/:]+)|/labels/(?P<label>[^/:]+))?"
+                   r"(?::(?P<verb>[^/:]+)|/(?P<tail>metadata))?")
+
+_TF_DTYPES = {"float16": "DT_HALF", "bfloat16": "DT_BFLOAT16", "float32": "DT_FLOAT",
+              "float64": "DT_DOUBLE", "int8": "DT_INT8", "int16": "DT_INT16", "int32": "DT_INT32",
+              "int64": "DT_INT64", "uint8": "DT_UINT8", "uint16": "DT_UINT16",
+              "uint32": "DT_UINT32", "uint64": "DT_UINT64", "bool": "DT_BOOL"}
+
+
+class RequestError(ValueError):
+    """A request the server refuses: ``status`` is the HTTP status, the message says why."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class Target:
+    """What a ``/v1/models/...`` path asks for: a model, a version or label, and an action."""
+
+    name: str
+    version: str | None
+    label: str | None
+    action: str  # "status", "metadata" or a verb such as "predict"
+
+
+def parse_path(rest: str) -> Target:
+    """Parses the part of a path after ``/v1/models/``.
+
+    Raises:
+      RequestError: (404) the path is not one of TF Serving's model paths.
+    """
+    match = _PATH.fullmatch(rest)
+    if not match:
+        raise RequestError(404, f"no such path: /v1/models/{rest}; use /v1/models/NAME, "
+                                f"/v1/models/NAME/metadata or /v1/models/NAME:predict")
+    action = match["verb"] or match["tail"] or "status"
+    return Target(match["name"], match["version"], match["label"], action)
+
+
+def _tensor(value, where: str, dtype: np.dtype, example_shape: tuple[int, ...]) -> np.ndarray:
+    try:
+        x = np.asarray(value)
+    except (ValueError, TypeError, OverflowError) as error:
+        raise RequestError(400, f"{where} is not a rectangular array of numbers (ragged "
+                                f"nesting or mixed types): every example must have shape "
+                                f"{example_shape}") from error
+    if x.dtype.kind in "OUS":
+        what = "text" if x.dtype.kind in "US" else "null, objects or numbers too large"
+        raise RequestError(400, f"{where} holds {what}: the model takes numbers of dtype {dtype}")
+    if x.ndim >= 1 and x.shape[0] == 0:
+        raise RequestError(400, f"{where} is empty: send at least one example")
+    if x.ndim == 0 or x.shape[1:] != example_shape:
+        got = "a single number" if x.ndim == 0 else f"examples of shape {x.shape[1:]}"
+        raise RequestError(400, f"{where} has shape {x.shape} ({got}); the model takes "
+                                f"examples of shape {example_shape}, batch shape "
+                                f"(batch, {', '.join(map(str, example_shape))})")
+    return _cast(x, where, dtype)
+
+
+def _cast(x: np.ndarray, where: str, dtype: np.dtype) -> np.ndarray:
+    if x.dtype.kind == "f" and not np.isfinite(x).all():
+        index = tuple(int(i) for i in np.argwhere(~np.isfinite(x))[0])
+        raise RequestError(400, f"{where} contains NaN or infinity (first at index {index})")
+    if dtype == np.bool_:
+        if x.dtype != np.bool_:
+            raise RequestError(400, f"{where} holds {x.dtype.name} numbers; the model takes "
+                                    "booleans (true/false)")
+        return x
+    if x.dtype == np.bool_:
+        raise RequestError(400, f"{where} holds booleans; the model takes numbers of "
+                                f"dtype {dtype}")
+    if np.issubdtype(dtype, np.integer):
+        if x.dtype.kind == "f":
+            raise RequestError(400, f"{where} holds non-integer numbers; the model takes "
+                                    f"{dtype}: send integers")
+        info = np.iinfo(dtype)
+        low, high = x.min(), x.max()
+        if low < info.min or high > info.max:
+            bad = low if low < info.min else high
+            raise RequestError(400, f"{where} holds {bad}, outside the range of the model's "
+                                    f"dtype {dtype} [{info.min}, {info.max}]")
+        return x.astype(dtype)
+    with np.errstate(over="ignore"):
+        cast = x.astype(dtype)
+    if not np.isfinite(cast).all():
+        raise RequestError(400, f"{where} holds numbers too large for the model's dtype {dtype}")
+    return cast
+
+
+def _named(value, where: str):
+    """The tensor of a ``{"inputs": tensor}`` object, or the value itself if not an object."""
+    if not isinstance(value, dict):
+        return value
+    if set(value) != {INPUT_NAME}:
+        raise RequestError(400, f"{where} names inputs {sorted(value)}; the model has one "
+                                f"input, {INPUT_NAME!r}")
+    return value[INPUT_NAME]
+
+
+def parse_predict(body: bytes, dtype: np.dtype,
+                  example_shape: tuple[int, ...]) -> tuple[np.ndarray, bool]:
+    """Reads a predict request body into a batch for the model.
+
+    Args:
+      body: the raw request body (JSON).
+      dtype: the model's input dtype; values are checked to fit it exactly.
+      example_shape: the model's per-example input shape.
+
+    Returns:
+      ``(x, row_format)``: the batch, and whether the request used ``instances``.
+
+    Raises:
+      RequestError: (400) the body is not JSON, not of TF Serving's form, or does not fit.
+    """
+    try:
+        request = json.loads(body)
+    except (ValueError, RecursionError) as error:
+        reason = "nested too deeply" if isinstance(error, RecursionError) else str(error)
+        raise RequestError(400, f"the request body is not valid JSON: {reason}") from None
+    if not isinstance(request, dict):
+        raise RequestError(400, 'the request body must be a JSON object: {"instances": [...]} '
+                                'or {"inputs": ...}')
+    signature = request.get("signature_name", SIGNATURE_NAME)
+    if signature != SIGNATURE_NAME:
+        raise RequestError(400, f"unknown signature_name {signature!r}; the model has one, "
+                                f"{SIGNATURE_NAME!r}")
+    unknown = sorted(set(request) - {"instances", "inputs", "signature_name"})
+    if unknown or ("instances" in request) == ("inputs" in request):
+        raise RequestError(400, 'the request must have exactly one of "instances" (row format) '
+                                'or "inputs" (columnar format)'
+                                + (f"; unknown keys {unknown}" if unknown else ""))
+    if "inputs" in request:
+        return _tensor(_named(request["inputs"], '"inputs"'), '"inputs"', dtype,
+                       example_shape), False
+    instances = request["instances"]
+    if not isinstance(instances, list):
+        raise RequestError(400, '"instances" must be a list with one entry per example')
+    if instances and isinstance(instances[0], dict):
+        instances = [_named(item, f'"instances"[{i}]') for i, item in enumerate(instances)]
+    return _tensor(instances, '"instances"', dtype, example_shape), True
+
+
+def predict_answer(outputs: np.ndarray, row_format: bool) -> bytes:
+    """The JSON answer to a predict request: ``predictions`` (row) or ``outputs`` (columnar).
+
+    Floats are written as the shortest decimal of their double value, so parsing them
+    back and casting to the output dtype restores the exact bits.
+    """
+    key = "predictions" if row_format else OUTPUT_NAME
+    return json.dumps({key: outputs.tolist()}, separators=(",", ":")).encode()
+
+
+def _tensor_info(shape: tuple, dtype: np.dtype, name: str) -> dict:
+    dims = [{"size": str(d) if isinstance(d, int) else "-1", "name": ""} for d in shape]
+    return {"dtype": _TF_DTYPES.get(np.dtype(dtype).name, "DT_INVALID"),
+            "tensor_shape": {"dim": dims, "unknown_rank": False}, "name": name}
+
+
+def status_document(version: str) -> dict:
+    """``GET /v1/models/NAME``: the one version, available."""
+    return {"model_version_status": [{"version": version, "state": "AVAILABLE",
+                                      "status": {"error_code": "OK", "error_message": ""}}]}
+
+
+def metadata_document(name: str, version: str, input_shape: tuple, input_dtype: np.dtype,
+                      output_shape: tuple, output_dtype: np.dtype, meta: dict) -> dict:
+    """``GET /v1/models/NAME/metadata``: the serving signature as TF Serving describes one.
+
+    Shapes have the batch axis first, ``-1`` for any size. ``fnlearn`` holds the
+    export's own ``meta.json``.
+    """
+    signature = {"inputs": {INPUT_NAME: _tensor_info(input_shape, input_dtype,
+                                                     f"{SIGNATURE_NAME}_{INPUT_NAME}:0")},
+                 "outputs": {OUTPUT_NAME: _tensor_info(output_shape, output_dtype,
+                                                       f"{OUTPUT_NAME}:0")},
+                 "method_name": "tensorflow/serving/predict"}
+    return {"model_spec": {"name": name, "signature_name": "", "version": version},
+            "metadata": {"signature_def": {"signature_def": {SIGNATURE_NAME: signature}}},
+            "fnlearn": meta}
