@@ -1,0 +1,206 @@
+"""Streamed fit from data sources: equal to in-memory fit bit for bit, adapters, refusals,
+and a run killed with SIGKILL in the middle of an epoch that resumes bit-identically."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+import fnlearn
+from fnlearn import nn, optim, sources
+from fnlearn.callbacks import ModelCheckpoint
+from fnlearn.state import NonFiniteLossError
+
+ROOT = Path(__file__).resolve().parents[1]
+TESTS = Path(__file__).resolve().parent
+ENV = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"}
+pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+
+
+def _data(n: int = 500, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 8)).astype(np.float32)
+    return x, np.argmax(x @ rng.normal(size=(8, 3)), axis=1).astype(np.int32)
+
+
+def _model():
+    return nn.serial(nn.Dense(16, "relu"), nn.Dropout(0.25), nn.Dense(3, "softmax"))
+
+
+FIT = dict(loss="sparse_categorical_crossentropy", metrics=["accuracy"], epochs=3,
+           batch_size=32, seed=3, verbose=0)
+
+
+def _fit(x, y=None, **kwargs):
+    return fnlearn.fit(_model(), x, y, optimizer=optim.keras_adam(), **{**FIT, **kwargs})
+
+
+def _equal_leaves(a, b) -> int:
+    """How many leaves differ between two pytrees (0: bit-identical)."""
+    return sum(not np.array_equal(u, v) for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b),
+                                                        strict=True))
+
+
+def test_streamed_run_equals_in_memory_run_bit_for_bit():
+    x, y = _data()
+    memory_state, memory_history = _fit(x, y)
+    # 16 steps per epoch in calls of 5: three full calls and a short one, last batch padded.
+    streamed_state, streamed_history = _fit(
+        sources.stream(sources.ArraySource(x, y), steps_per_call=5))
+    assert _equal_leaves(memory_state, streamed_state) == 0
+    assert int(streamed_state.step) == 3 * 16 and int(streamed_state.epoch) == 3
+    np.testing.assert_allclose(streamed_history.history["loss"], memory_history.history["loss"],
+                               rtol=1e-6)
+
+
+class DictSource:
+    """A tfds ``data_source`` look-alike: items are dicts, read one at a time."""
+
+    def __init__(self, x, y):
+        self.x, self.y = x, y
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return {"features": self.x[i], "target": self.y[i]}
+
+
+def test_dict_items_with_named_keys_and_grain_datasets_train_the_same():
+    import grain
+
+    x, y = _data()
+    reference, _ = _fit(sources.ArraySource(x, y), epochs=1)
+    keyed, _ = _fit(sources.stream(DictSource(x, y), keys=("features", "target")), epochs=1)
+    dataset = grain.MapDataset.source(np.arange(len(x))).map(lambda i: (x[i], y[i]))
+    from_grain, _ = _fit(dataset, epochs=1)
+    assert _equal_leaves(reference, keyed) == 0
+    assert _equal_leaves(reference, from_grain) == 0
+
+
+def test_source_validation_matches_array_validation():
+    x, y = _data()
+    _, with_arrays = _fit(sources.ArraySource(x, y), epochs=1,
+                          validation_data=(x[:300], y[:300]))
+    _, with_source = _fit(sources.ArraySource(x, y), epochs=1,
+                          validation_data=sources.ArraySource(x[:300], y[:300]))
+    np.testing.assert_allclose(with_source.history["val_loss"], with_arrays.history["val_loss"],
+                               rtol=1e-6)
+    assert with_source.history["val_accuracy"] == with_arrays.history["val_accuracy"]
+
+
+def test_non_finite_loss_in_a_stream_is_reported_with_its_step():
+    x, y = _data()
+    x[200] = np.inf
+    with pytest.raises(NonFiniteLossError, match="step 7 of 16") as error:
+        _fit(sources.stream(sources.ArraySource(x, y), steps_per_call=4), epochs=1,
+             shuffle=False)
+    assert int(error.value.state.step) == 200 // 32
+
+
+def test_bad_sources_are_refused_naming_the_argument():
+    import grain
+
+    x, y = _data()
+    with pytest.raises(TypeError, match="x is an array but y is None"):
+        _fit(x)
+    with pytest.raises(TypeError, match="random-access source"):
+        _fit(iter([(x[0], y[0])]))
+    with pytest.raises(ValueError, match="keys=.* not dicts"):
+        sources.stream(sources.ArraySource(x, y), keys=("a", "b"))
+    with pytest.raises(KeyError, match="no key 'image'"):
+        _fit(DictSource(x, y))
+    with pytest.raises(ValueError, match="steps_per_call must be a positive int"):
+        sources.stream(sources.ArraySource(x, y), steps_per_call=0)
+    with pytest.raises(ValueError, match="validation_split needs arrays"):
+        _fit(sources.ArraySource(x, y), validation_split=0.1)
+    loader = grain.DataLoader(data_source=[(x[i], y[i]) for i in range(4)],
+                              sampler=grain.samplers.IndexSampler(4, num_epochs=1, shuffle=False,
+                                                                  seed=0))
+    with pytest.raises(TypeError, match="grain DataLoader"):
+        _fit(loader)
+    with pytest.raises(ValueError, match="save_every_steps must be a positive int"):
+        ModelCheckpoint("unused", save_every_steps=0)
+
+
+def test_calls_end_at_checkpoint_positions():
+    assert sources.chunks(28, 0, 4, 6) == [(0, 4), (4, 6), (6, 10), (10, 12), (12, 16),
+                                          (16, 18), (18, 22), (22, 24), (24, 28)]
+    assert sources.chunks(28, 18, 4, 6) == [(18, 22), (22, 24), (24, 28)]
+    assert sources.chunks(10, 0, 4, None) == [(0, 4), (4, 8), (8, 10)]
+
+
+def test_background_hands_on_errors_and_stops_when_closed():
+    def broken():
+        yield 1
+        raise OSError("disk gone")
+
+    items = sources.background(broken(), 2)
+    assert next(items) == 1
+    with pytest.raises(OSError, match="disk gone"):
+        next(items)
+    endless = sources.background(iter(int, 1), 2)
+    assert next(endless) == 0
+    endless.close()
+
+
+def _worker(*args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, str(TESTS / "stream_resume_worker.py"), *args],
+                            env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _finish(worker: subprocess.Popen) -> str:
+    out, err = worker.communicate(timeout=180)
+    assert worker.returncode == 0, err[-3000:]
+    return out
+
+
+def _committed(directory: Path) -> list[int]:
+    return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit()) \
+        if directory.is_dir() else []
+
+
+def test_stream_killed_mid_epoch_resumes_bit_identically(tmp_path):
+    steps_per_epoch = 28  # 448 examples in batches of 16 (stream_resume_worker.py)
+    full = _worker(str(tmp_path / "full"), str(tmp_path / "full.npz"))
+    killed_dir, killed_out = tmp_path / "killed", tmp_path / "killed.npz"
+    worker = _worker(str(killed_dir), str(killed_out), "--read-sleep", "0.2")
+    try:
+        deadline = time.monotonic() + 120
+        # Wait for a checkpoint within the second epoch, then kill at once.
+        while time.monotonic() < deadline and not any(
+                n > steps_per_epoch and n % steps_per_epoch for n in _committed(killed_dir)):
+            time.sleep(0.02)
+        worker.send_signal(signal.SIGKILL)
+        assert worker.wait(timeout=30) == -signal.SIGKILL
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+        worker.communicate()
+    at_kill = _committed(killed_dir)
+    assert at_kill and at_kill[-1] % steps_per_epoch, f"not killed mid-epoch: {at_kill}"
+    assert not killed_out.exists()
+
+    log = _finish(_worker(str(killed_dir), str(killed_out), "--resume"))
+    position = at_kill[-1] % steps_per_epoch
+    assert f"resuming from {killed_dir / str(at_kill[-1])}" in log
+    assert f"batch {position} of the epoch" in log
+    full_history = json.loads(_finish(full).strip().splitlines()[-1])
+    resumed_history = json.loads(log.strip().splitlines()[-1])
+    reference, resumed = np.load(tmp_path / "full.npz"), np.load(killed_out)
+    differing = [k for k in reference if not np.array_equal(reference[k], resumed[k])]
+    print(f"\nkilled at step {at_kill[-1]} (batch {position} of epoch "
+          f"{at_kill[-1] // steps_per_epoch + 1}); {len(reference) - len(differing)}/"
+          f"{len(reference)} leaves of the final TrainState bit-identical")
+    assert sorted(reference) == sorted(resumed) and differing == []
+    # The epoch's logs continue from the sums saved with the position.
+    assert resumed_history == full_history
