@@ -16,6 +16,9 @@ global batch) that its devices hold.
 
 from __future__ import annotations
 
+import math
+import mmap
+import os
 import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -30,8 +33,47 @@ import numpy as np
 STEPS_PER_CALL = 100
 
 
+def _file_rows(array) -> tuple[str, int, int] | None:
+    """``(path, byte offset of row 0, bytes per row)`` of a memmap whose rows lie whole in its file.
+
+    None for anything else (an in-memory array, a view with strided rows).
+    """
+    if not isinstance(array, np.memmap) or array.ndim == 0:
+        return None
+    root = array
+    while isinstance(root.base, np.memmap):
+        root = root.base
+    row_bytes = array.dtype.itemsize * math.prod(array.shape[1:])
+    if (not isinstance(root.base, mmap.mmap) or root.filename is None
+            or array.strides[0] != row_bytes or not array[:1].flags.c_contiguous):
+        return None
+    return root.filename, root.offset + array.ctypes.data - root.ctypes.data, row_bytes
+
+
+def _pread_rows(file_rows: tuple[str, int, int], array, positions: np.ndarray) -> np.ndarray:
+    """Rows ``positions`` of a memmapped array, read with ``pread`` rather than through the map.
+
+    Pages touched through a map count as the process's resident memory, and the
+    kernel maps large neighbourhoods of every touched row, so random reads over a
+    big file would make the process as large as the file; reads keep them in the
+    page cache only.
+    """
+    path, offset, row_bytes = file_rows
+    out = np.empty((len(positions), *array.shape[1:]), array.dtype)
+    rows = out.reshape(len(positions), row_bytes // array.dtype.itemsize).view(np.uint8)
+    with open(path, "rb", buffering=0) as file:
+        descriptor = file.fileno()
+        for row, position in zip(rows, positions.tolist()):
+            if os.preadv(descriptor, [row], offset + position * row_bytes) != row_bytes:
+                raise OSError(f"{path} ended before row {position}")
+    return out
+
+
 class ArraySource:
     """A source over inputs ``x`` and labels ``y`` (NumPy arrays or memmaps); reads lazily.
+
+    A memmap (``np.load(path, mmap_mode="r")``) is read row by row with ``pread``,
+    so the process's resident memory does not grow with the file (``_pread_rows``).
 
     Args:
       x, y: arrays with the examples on the leading axis, e.g. ``np.load(path, mmap_mode="r")``.
@@ -41,6 +83,7 @@ class ArraySource:
         if len(x) != len(y):
             raise ValueError(f"x has {len(x)} examples but y has {len(y)}")
         self.x, self.y = x, y
+        self._file_rows = (_file_rows(x), _file_rows(y))
 
     def __len__(self) -> int:
         return len(self.x)
@@ -50,7 +93,8 @@ class ArraySource:
 
     def read(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The examples at ``positions`` as two stacked arrays (one fancy-index read each)."""
-        return np.asarray(self.x[positions]), np.asarray(self.y[positions])
+        return tuple(np.asarray(a[positions]) if rows is None else _pread_rows(rows, a, positions)
+                     for a, rows in zip((self.x, self.y), self._file_rows))
 
 
 class KeyedSource:
@@ -100,7 +144,8 @@ def stream(source, *, keys: tuple[str, str] | None = None, steps_per_call: int =
     """Wraps a data source for ``fit``, with how many steps one compiled call runs.
 
     Args:
-      source: a random-access source (see the module docstring), or a ``Stream``.
+      source: a random-access source (see the module docstring); a ``Stream`` is
+        returned as it is.
       keys: ``(input_key, label_key)`` when items are dicts (tfds); default
         ``("image", "label")`` for dict items.
       steps_per_call: batches per compiled call, e.g. 100-500.
@@ -111,7 +156,7 @@ def stream(source, *, keys: tuple[str, str] | None = None, steps_per_call: int =
       A ``Stream`` to pass as ``fit``'s ``x`` (with ``y=None``).
     """
     if isinstance(source, Stream):
-        source = source.source
+        return source
     for name, value in (("steps_per_call", steps_per_call), ("workers", workers),
                         ("prefetch", prefetch)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -193,6 +238,9 @@ def read_block(source, index: np.ndarray, mask: np.ndarray, columns: slice, rows
     wanted = mask.reshape(-1)
     xs, ys = read_examples(source, index.reshape(-1)[wanted], pool)
     width = index.shape[1]
+    if len(mask) == rows and wanted.all():
+        return (xs.reshape(rows, width, *xs.shape[1:]), ys.reshape(rows, width, *ys.shape[1:]),
+                mask)
     x = np.zeros((rows * width, *xs.shape[1:]), xs.dtype)
     y = np.zeros((rows * width, *ys.shape[1:]), ys.dtype)
     x[:wanted.size][wanted], y[:wanted.size][wanted] = xs, ys
@@ -264,3 +312,29 @@ def blocks(source, index: np.ndarray, mask: np.ndarray, plan: Sequence[tuple[int
                 yield begin, end, place(host)
 
     return background(produce(), prefetch)
+
+
+def tfds_source(name: str, split: str = "train", *, data_dir: str | None = None,
+                keys: tuple[str, str] = ("image", "label"),
+                steps_per_call: int = STEPS_PER_CALL) -> Stream:
+    """A prepared tensorflow-datasets dataset as a ``Stream``, read by random access.
+
+    ``tfds.data_source`` opens the dataset's ArrayRecord files without loading
+    them: ``fit`` reads only the examples of each block, as it trains.
+
+    Args:
+      name: the tfds name, e.g. ``"mnist"``; prepared as ArrayRecord
+        (``tfds.builder(name, file_format="array_record").download_and_prepare()``).
+      split: the split, e.g. ``"train"`` or ``"train[:90%]"``.
+      data_dir: tfds's data directory (default its own).
+      keys: ``(input_key, label_key)`` of the dataset's features.
+      steps_per_call: batches per compiled call.
+
+    Returns:
+      A ``Stream`` for ``fit(model, stream, None, ...)`` or ``validation_data``.
+    """
+    import tensorflow_datasets as tfds
+
+    return stream(tfds.data_source(name, split=split, data_dir=data_dir), keys=keys,
+                  steps_per_call=steps_per_call)
+

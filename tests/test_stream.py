@@ -87,6 +87,25 @@ def test_dict_items_with_named_keys_and_grain_datasets_train_the_same():
     assert _equal_leaves(reference, from_grain) == 0
 
 
+def test_tfds_source_reads_the_named_keys(monkeypatch):
+    import tensorflow_datasets as tfds
+
+    x, y = _data()
+    opened = {}
+
+    def data_source(name, split, data_dir):
+        opened.update(name=name, split=split, data_dir=data_dir)
+        return DictSource(x, y)
+
+    monkeypatch.setattr(tfds, "data_source", data_source)
+    stream = sources.tfds_source("toy", "train[:50%]", data_dir="/data",
+                                 keys=("features", "target"), steps_per_call=3)
+    assert opened == {"name": "toy", "split": "train[:50%]", "data_dir": "/data"}
+    assert stream.steps_per_call == 3
+    inputs, labels = sources.read_examples(stream.source, np.array([4, 1]))
+    assert np.array_equal(inputs, x[[4, 1]]) and np.array_equal(labels, y[[4, 1]])
+
+
 def test_source_validation_matches_array_validation():
     x, y = _data()
     _, with_arrays = _fit(sources.ArraySource(x, y), epochs=1,
@@ -204,3 +223,44 @@ def test_stream_killed_mid_epoch_resumes_bit_identically(tmp_path):
     assert sorted(reference) == sorted(resumed) and differing == []
     # The epoch's logs continue from the sums saved with the position.
     assert resumed_history == full_history
+
+
+def _write_dataset(directory: Path, megabytes: int) -> int:
+    """Writes ``megabytes`` of uint8 32x32 images (and labels) as .npy files, in pieces.
+
+    Plain writes, not a memmap: a child process's ``ru_maxrss`` starts from the
+    parent's resident size at fork, so the writer must stay small.
+    """
+    n = megabytes * 1024
+    directory.mkdir()
+    rng = np.random.default_rng(0)
+    piece = 16384
+    pattern = rng.integers(0, 256, (piece, 32, 32), dtype=np.uint8)
+    with open(directory / "x.npy", "wb") as file:
+        np.lib.format.write_array_header_1_0(
+            file, {"descr": "|u1", "fortran_order": False, "shape": (n, 32, 32)})
+        for begin in range(0, n, piece):
+            file.write((pattern[:min(piece, n - begin)] + np.uint8(begin // piece)).tobytes())
+    np.save(directory / "y.npy", rng.integers(0, 10, n, dtype=np.int32))
+    return n
+
+
+def test_peak_memory_does_not_grow_with_the_dataset(tmp_path):
+    sizes = (64, 512)  # MB of images; batches of 1 MB
+    peaks = {}
+    for megabytes in sizes:
+        n = _write_dataset(tmp_path / str(megabytes), megabytes)
+        done = subprocess.run([sys.executable, str(TESTS / "stream_memory_worker.py"),
+                               str(tmp_path / str(megabytes))], env=ENV, capture_output=True,
+                              text=True, timeout=180)
+        assert done.returncode == 0, done.stderr[-3000:]
+        report = json.loads(done.stdout.strip().splitlines()[-1])
+        assert report["steps"] == n // 1024
+        peaks[megabytes] = report["peak_rss"] / 2**20
+    growth = peaks[sizes[1]] - peaks[sizes[0]]
+    print(f"\npeak RSS: {peaks[sizes[0]]:.0f} MB training on {sizes[0]} MB, "
+          f"{peaks[sizes[1]]:.0f} MB on {sizes[1]} MB (+{growth:.0f} MB for "
+          f"+{sizes[1] - sizes[0]} MB of data)")
+    # Reading the whole file would add 448 MB; a block of 4 batches is 4 MB, and the
+    # peak of one process varies by some 70 MB from run to run (compilation, allocator).
+    assert abs(growth) < (sizes[1] - sizes[0]) / 4

@@ -1,0 +1,33 @@
+"""Trains one epoch streamed from two .npy memmaps; prints the process's peak RSS in bytes.
+
+Usage: python tests/stream_memory_worker.py DATA_DIR. ``DATA_DIR`` holds ``x.npy``
+(uint8, ``(n, 32, 32)``) and ``y.npy`` (int32, ``(n,)``).
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+from pathlib import Path
+
+import numpy as np
+
+import fnlearn
+from fnlearn import nn, sources
+
+
+def main() -> None:
+    directory = Path(sys.argv[1])
+    x = np.load(directory / "x.npy", mmap_mode="r")
+    y = np.load(directory / "y.npy", mmap_mode="r")
+    model = nn.serial(nn.Flatten(), nn.Dense(10, "softmax"))
+    state, _ = fnlearn.fit(model, sources.stream(sources.ArraySource(x, y), steps_per_call=4),
+                           None, loss="sparse_categorical_crossentropy", optimizer="sgd",
+                           epochs=1, batch_size=1024, verbose=0)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: kilobytes
+    print(json.dumps({"examples": len(x), "steps": int(state.step), "peak_rss": peak}))
+
+
+if __name__ == "__main__":
+    main()
