@@ -62,6 +62,17 @@ def test_streamed_run_equals_in_memory_run_bit_for_bit():
                                rtol=1e-6)
 
 
+def test_arrays_with_mid_epoch_checkpoints_stream_and_train_the_same(tmp_path, capsys):
+    x, y = _data()
+    reference, _ = _fit(x, y, epochs=2)
+    checkpoint = ModelCheckpoint(tmp_path, save_every_steps=5, keep=20, verbose=0)
+    state, history = _fit(x, y, epochs=2, verbose=1, callbacks=[checkpoint])
+    assert _equal_leaves(reference, state) == 0
+    # 16 steps an epoch: saves at batches 5, 10, 15 and at each epoch's end, by step.
+    assert sorted(int(p.name) for p in tmp_path.iterdir()) == [5, 10, 15, 16, 21, 26, 31, 32]
+    assert "16/16" in capsys.readouterr().err
+
+
 class DictSource:
     """A tfds ``data_source`` look-alike: items are dicts, read one at a time."""
 
