@@ -96,6 +96,36 @@ def _reference() -> dict:
     return {"loss": history.history["loss"], "params": _params(state.params)}
 
 
+def _collectives() -> dict:
+    """Collective ops in the compiled call of a streamed fit on 4 devices, by kind."""
+    import re
+
+    from fnlearn import distributed, sources, stream_fit, train
+
+    compiled, calls = train._compiled_train_steps, []
+
+    def recording(*args, **kwargs):
+        calls.append((args, kwargs))
+        return compiled(*args, **kwargs)
+
+    stream_fit.train_lib._compiled_train_steps = recording
+    x, y = _dataset()
+    _fit(sources.ArraySource(x, y), None, distributed.make_mesh())
+    args, kwargs = calls[0]
+    hlo = compiled.lower(*args, **kwargs).compile().as_text()
+    return {"block_spec": list(args[1].sharding.spec), **{
+        op: len(re.findall(op + r"(?:-start)?\(", hlo))
+        for op in ("all-gather", "all-to-all", "collective-permute", "all-reduce")}}
+
+
+def test_streamed_examples_stay_on_their_devices():
+    report = _result(_start(["collectives"], 4))
+    assert report["block_spec"] == [None, "data"]
+    # The gradients are all-reduced; no example moves between devices.
+    assert report["all-reduce"] >= 1
+    assert report["all-gather"] == report["all-to-all"] == report["collective-permute"] == 0
+
+
 def _env(device_count: int) -> dict:
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("FNLEARN_", "JAX_COORDINATOR", "XLA_FLAGS"))}
@@ -165,5 +195,7 @@ def test_two_processes_stream_their_halves_and_train_as_one(tmp_path):
 if __name__ == "__main__":
     if sys.argv[1] == "single":
         print(json.dumps(_reference()))
+    elif sys.argv[1] == "collectives":
+        print(json.dumps(_collectives()))
     else:
         print(json.dumps(_worker(int(sys.argv[2]), int(sys.argv[3]), sys.argv[4])))
