@@ -275,3 +275,19 @@ def test_peak_memory_does_not_grow_with_the_dataset(tmp_path):
     # Reading the whole file would add 448 MB; a block of 4 batches is 4 MB, and the
     # peak of one process varies by some 70 MB from run to run (compilation, allocator).
     assert abs(growth) < (sizes[1] - sizes[0]) / 4
+
+
+def test_mid_epoch_checkpoint_needs_save_every_steps_to_resume(tmp_path):
+    from fnlearn.checkpoint import save_checkpoint
+
+    x, y = _data()
+    state = fnlearn.init_state(_model(), optim.keras_adam(), (8,), seed=3)
+    state = state._replace(step=state.step + 3)  # as if 3 batches of epoch 1 were done
+    save_checkpoint(tmp_path, state, metadata={"position": 3, "sums": [1.0, [0.5], 96.0]},
+                    number=3)
+    with pytest.raises(ValueError, match="saved within an epoch; resume it with"):
+        _fit(x, y, resume=True, callbacks=[ModelCheckpoint(tmp_path, verbose=0)])
+    checkpoint = ModelCheckpoint(tmp_path, save_every_steps=3, verbose=0)
+    resumed, _ = _fit(x, y, epochs=1, resume=True, callbacks=[checkpoint])
+    assert checkpoint.restored_position == (3, [1.0, [0.5], 96.0])
+    assert int(resumed.step) == 16  # the 13 batches left of the epoch's 16
