@@ -291,3 +291,14 @@ def test_mid_epoch_checkpoint_needs_save_every_steps_to_resume(tmp_path):
     resumed, _ = _fit(x, y, epochs=1, resume=True, callbacks=[checkpoint])
     assert checkpoint.restored_position == (3, [1.0, [0.5], 96.0])
     assert int(resumed.step) == 16  # the 13 batches left of the epoch's 16
+
+
+def test_stream_benchmark_reports_each_mode_against_in_memory(tmp_path):
+    from experiments import stream_benchmark
+
+    report = stream_benchmark.main(["--source", "sample", "--epochs", "1", "--reps", "1",
+                                    "--out", str(tmp_path / "report.json")])
+    assert report["examples"] == 6000
+    assert set(report["speed_vs_in_memory"]) == {"stream (arrays)", "stream (memmap)"}
+    assert all(ratio > 0 for ratio in report["speed_vs_in_memory"].values())
+    assert json.loads((tmp_path / "report.json").read_text())["reps"] == 1
