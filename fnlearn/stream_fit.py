@@ -115,7 +115,11 @@ def _validation(validation_data, keys, model, state, loss_fn, place):
     if isinstance(validation_data, tuple | list) and len(validation_data) == 2:
         x, y = train_lib._validation(model, state, validation_data, loss_fn)
         return place(x), place(y)
-    val = sources.stream(validation_data, keys=keys).source
+    # The training source's keys serve a validation source whose items are dicts too.
+    dict_items = (not isinstance(validation_data, sources.Stream)
+                  and hasattr(validation_data, "__getitem__") and len(validation_data) > 0
+                  and isinstance(validation_data[0], dict))
+    val = sources.stream(validation_data, keys=keys if dict_items else None).source
     x, y = _probe(val, len(val))
     checks.check_model_input(model, state.params, state.model_state, x, loss_fn, y)
     return val
@@ -132,7 +136,7 @@ def fit_stream(model, x, *, loss, optimizer, metrics=(), epochs=1, batch_size=32
                          "(a source or a pair of arrays)")
     stream = sources.stream(x)
     source, n = stream.source, len(stream.source)
-    keys = getattr(source, "keys", None)
+    keys = source.keys if isinstance(source, sources.KeyedSource) else None
     batch_size = checks.check_batch_size(batch_size, n)
     loss_fn = losses_lib.get_loss(loss)
     names, metric_fns = train_lib._metrics(metrics)

@@ -95,6 +95,12 @@ def test_dict_items_with_named_keys_and_grain_datasets_train_the_same():
     dataset = grain.MapDataset.source(np.arange(len(x))).map(lambda i: (x[i], y[i]))
     from_grain, _ = _fit(dataset, epochs=1)
     assert _equal_leaves(reference, keyed) == 0
+    # Validation items that are dicts are read with the training source's keys; pairs as pairs.
+    _, dict_validation = _fit(sources.stream(DictSource(x, y), keys=("features", "target")),
+                              epochs=1, validation_data=DictSource(x[:100], y[:100]))
+    _, pair_validation = _fit(sources.stream(DictSource(x, y), keys=("features", "target")),
+                              epochs=1, validation_data=sources.ArraySource(x[:100], y[:100]))
+    assert dict_validation.history["val_loss"] == pair_validation.history["val_loss"]
     assert _equal_leaves(reference, from_grain) == 0
 
 
