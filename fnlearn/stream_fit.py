@@ -20,6 +20,7 @@ saved with the state, and a resumed run skips that many rows of the epoch.
 
 from __future__ import annotations
 
+import math
 import time
 from functools import partial
 
@@ -152,8 +153,9 @@ def fit_stream(model, x, *, loss, optimizer, metrics=(), epochs=1, batch_size=32
     state = jax.tree.map(place, state)
     steps = -(-n // batch_size)
     rows = min(stream.steps_per_call, steps)
-    save_every = min((c.save_every_steps for c in callbacks
-                      if getattr(c, "save_every_steps", None)), default=None)
+    # Calls end at every multiple of any callback's period: of their greatest common divisor.
+    save_every = math.gcd(*(c.save_every_steps for c in callbacks
+                            if getattr(c, "save_every_steps", None))) or None
     run = train_lib._Run(dict(model=model, loss_fn=loss_fn, metric_fns=metric_fns,
                               optimizer=optimizer, sharding=sharding), names, None, steps,
                          verbose, progress_every)
@@ -244,7 +246,8 @@ def _run_epoch(run, state, source, index, mask, plan, rows, columns, place_block
         if save_every and end % save_every == 0 and end < run.steps:
             settle(state)
             for callback in callbacks:
-                if getattr(callback, "save_every_steps", None):
+                period = getattr(callback, "save_every_steps", None)
+                if period and end % period == 0:
                     callback.on_steps_end(state, history, end, _plain(sums))
     settle(state)
     return state, sums
