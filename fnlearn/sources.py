@@ -2,12 +2,12 @@
 
 A source is anything with ``__len__`` and ``__getitem__`` whose item ``i`` is an
 ``(input, label)`` pair: ``ArraySource`` over two NumPy arrays or memmaps, a grain
-``MapDataset`` or ``RandomAccessDataSource``, a tfds ``data_source`` (items are
-dicts: ``keyed`` names the two keys). ``fit(model, source, None, ...)`` trains from
-it (``fnlearn.stream_fit``): the epoch's order is the same permutation in-memory
-training draws from the seed and the epoch, and the host reads the examples of
-the next ``steps_per_call`` batches in a background thread while the device runs
-the current ones in one compiled call.
+``MapDataset`` (or ``RandomAccessDataSource``) of pairs, a tfds ``data_source``
+(items are dicts: ``stream(..., keys=...)`` names the two keys).
+``fit(model, source, None, ...)`` trains from it (``fnlearn.stream_fit``): the
+epoch's order is the same permutation in-memory training draws from the seed and
+the epoch, and the host reads the examples of the next ``steps_per_call`` batches
+in a background thread while the device runs the current ones in one compiled call.
 
 Only what a process needs is read: ``read_examples`` touches only the positions
 it is given, and ``blocks`` asks each process for the columns (the slice of every
@@ -203,6 +203,10 @@ def read_examples(source, positions: np.ndarray,
       ``(inputs, labels)`` with ``len(positions)`` rows each.
     """
     positions = np.asarray(positions, np.int64)
+    if positions.size == 0:
+        # A process whose part of a block is all padding: only the shapes are needed.
+        x, y = (np.asarray(v) for v in source[0])
+        return np.zeros((0, *x.shape), x.dtype), np.zeros((0, *y.shape), y.dtype)
     if hasattr(source, "read"):
         return source.read(positions)
     mapper = map if pool is None else pool.map

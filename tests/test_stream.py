@@ -171,6 +171,24 @@ def test_bad_sources_are_refused_naming_the_argument():
         ModelCheckpoint("unused", save_every_steps=0)
 
 
+def test_a_block_part_that_is_all_padding_reads_nothing():
+    x, y = _data(10)
+    index = np.array([[8, 9, 0, 0]])
+    mask = np.array([[True, True, False, False]])
+    for source in (sources.ArraySource(x, y), DictSourcePairs(x, y)):
+        bx, by, bm = sources.read_block(source, index, mask, slice(2, 4), rows=2)
+        assert bx.shape == (2, 2, 8) and by.shape == (2, 2) and not bm.any()
+        assert not bx.any()
+
+
+class DictSourcePairs(DictSource):
+    """``DictSource`` read as pairs, item by item (no batched ``read``)."""
+
+    def __getitem__(self, i):
+        item = super().__getitem__(i)
+        return item["features"], item["target"]
+
+
 def test_calls_end_at_checkpoint_positions():
     assert sources.chunks(28, 0, 4, 6) == [(0, 4), (4, 6), (6, 10), (10, 12), (12, 16),
                                           (16, 18), (18, 22), (22, 24), (24, 28)]
