@@ -266,8 +266,8 @@ def test_stream_killed_mid_epoch_resumes_bit_identically(tmp_path):
 def _write_dataset(directory: Path, megabytes: int) -> int:
     """Writes ``megabytes`` of uint8 32x32 images (and labels) as .npy files, in pieces.
 
-    Plain writes, not a memmap: a child process's ``ru_maxrss`` starts from the
-    parent's resident size at fork, so the writer must stay small.
+    Plain writes, not a memmap, so this process stays small (``ru_maxrss``, which
+    the worker falls back to without ``/proc``, includes the parent's size at fork).
     """
     n = megabytes * 1024
     directory.mkdir()
