@@ -20,6 +20,7 @@ saved with the state, and a resumed run skips that many rows of the epoch.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from functools import partial
@@ -132,10 +133,14 @@ def fit_stream(model, x, *, loss, optimizer, metrics=(), epochs=1, batch_size=32
     """``fit`` for a source or ``Stream`` ``x`` (see ``fnlearn.train.fit`` for the arguments)."""
     cache.enable_by_default()
     checks.check_epochs(epochs, verbose)
-    if validation_split:
-        raise ValueError("validation_split needs arrays; with a source pass validation_data "
-                         "(a source or a pair of arrays)")
     stream = sources.stream(x)
+    if validation_split:
+        if not isinstance(stream.source, sources.ArraySource):
+            raise ValueError("validation_split needs arrays; with a source pass validation_data "
+                             "(a source or a pair of arrays)")
+        x_train, y_train, validation_data = train_lib._split_validation(
+            stream.source.x, stream.source.y, validation_data, validation_split)
+        stream = dataclasses.replace(stream, source=sources.ArraySource(x_train, y_train))
     source, n = stream.source, len(stream.source)
     keys = source.keys if isinstance(source, sources.KeyedSource) else None
     batch_size = checks.check_batch_size(batch_size, n)

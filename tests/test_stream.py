@@ -76,6 +76,16 @@ def test_arrays_with_mid_epoch_checkpoints_stream_and_train_the_same(tmp_path, c
     assert "16/16" in capsys.readouterr().err
 
 
+def test_validation_split_with_mid_epoch_checkpoints_matches_in_memory(tmp_path):
+    x, y = _data()
+    reference, reference_history = _fit(x, y, epochs=1, validation_split=0.2)
+    state, history = _fit(x, y, epochs=1, validation_split=0.2, callbacks=[
+        ModelCheckpoint(tmp_path, save_every_steps=4, verbose=0)])
+    assert _equal_leaves(reference, state) == 0
+    np.testing.assert_allclose(history.history["val_loss"],
+                               reference_history.history["val_loss"], rtol=1e-6)
+
+
 class DictSource:
     """A tfds ``data_source`` look-alike: items are dicts, read one at a time."""
 
@@ -161,7 +171,7 @@ def test_bad_sources_are_refused_naming_the_argument():
     with pytest.raises(ValueError, match="steps_per_call must be a positive int"):
         sources.stream(sources.ArraySource(x, y), steps_per_call=0)
     with pytest.raises(ValueError, match="validation_split needs arrays"):
-        _fit(sources.ArraySource(x, y), validation_split=0.1)
+        _fit(DictSourcePairs(x, y), validation_split=0.1)
     loader = grain.DataLoader(data_source=[(x[i], y[i]) for i in range(4)],
                               sampler=grain.samplers.IndexSampler(4, num_epochs=1, shuffle=False,
                                                                   seed=0))
