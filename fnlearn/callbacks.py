@@ -58,13 +58,32 @@ class ModelCheckpoint:
       overwrite: on a fresh (non-resumed) run, delete checkpoints already in
         ``directory`` instead of refusing to mix two runs in one directory.
       verbose: 1 prints what was restored or saved, 0 is silent.
+      save_every_steps: also save every this many batches within an epoch (as
+        Keras's ``BackupAndRestore(save_freq=...)``), with the position in the epoch,
+        so a resumed run continues from the middle of the epoch. Checkpoints are then
+        numbered by ``state.step``. ``fit`` streams the data in calls that end at
+        these points (``fnlearn.stream_fit``).
+
+    Attributes:
+      restored_position: after a resume, ``(batches done in the epoch, their summed
+        loss and metrics)`` from a mid-epoch checkpoint, or None.
     """
 
     def __init__(self, directory: str | Path, keep: int = 3, save_best_only: bool = False,
                  monitor: str = "val_loss", mode: str = "auto", overwrite: bool = False,
-                 verbose: int = 1):
+                 verbose: int = 1, save_every_steps: int | None = None):
         if not isinstance(keep, int) or keep < 1:
             raise ValueError(f"keep must be a positive int, got {keep!r}")
+        if save_every_steps is not None and (isinstance(save_every_steps, bool) or not
+                                             isinstance(save_every_steps, int)
+                                             or save_every_steps < 1):
+            raise ValueError(f"save_every_steps must be a positive int or None, got "
+                             f"{save_every_steps!r}")
+        if save_every_steps and save_best_only:
+            raise ValueError("save_every_steps saves within epochs, where nothing is monitored; "
+                             "it cannot be combined with save_best_only")
+        self.save_every_steps = save_every_steps
+        self.restored_position: tuple[int, list] | None = None
         self.directory = Path(directory)
         self.keep = keep
         self.save_best_only = save_best_only
@@ -77,6 +96,7 @@ class ModelCheckpoint:
     def on_train_begin(self, state: TrainState, history: History,
                        resume: bool) -> tuple[TrainState, History] | None:
         self.best = math.nan
+        self.restored_position = None
         latest = latest_checkpoint(self.directory)
         if not resume:
             if latest is not None and not self.overwrite:
@@ -90,11 +110,19 @@ class ModelCheckpoint:
         if latest is None:
             self._say(f"no checkpoint in {self.directory}: starting from scratch")
             return None
-        state, history, _ = restore_checkpoint(self.directory, state)
+        state, history, meta = restore_checkpoint(self.directory, state)
+        if meta.get("position"):
+            if not self.save_every_steps:
+                raise ValueError(f"{latest} was saved within an epoch; resume it with "
+                                 "ModelCheckpoint(..., save_every_steps=N)")
+            self.restored_position = (int(meta["position"]), meta["sums"])
         for value in history.history.get(self.monitor, []):
             if math.isnan(self.best) or self._better(value, self.best):
                 self.best = value
-        self._say(f"resuming from {latest} (epoch {int(state.epoch)}, step {int(state.step)})")
+        within = (f", batch {self.restored_position[0]} of the epoch"
+                  if self.restored_position else "")
+        self._say(f"resuming from {latest} (epoch {int(state.epoch)}, step {int(state.step)}"
+                  f"{within})")
         return state, history
 
     def on_epoch_end(self, epoch: int, state: TrainState, logs: dict[str, float],
@@ -105,9 +133,19 @@ class ModelCheckpoint:
                 return False
             self.best = value
         path = save_checkpoint(self.directory, state, history, keep=self.keep,
-                               metadata={"monitor": self.monitor, "best": self.best})
+                               metadata={"monitor": self.monitor, "best": self.best},
+                               number=int(state.step) if self.save_every_steps else None)
         self._say(f"saved {path}")
         return False
+
+    def on_steps_end(self, state: TrainState, history: History, position: int,
+                     sums: list) -> None:
+        """Saves mid-epoch: ``position`` batches of the epoch done, with their summed logs."""
+        path = save_checkpoint(self.directory, state, history, keep=self.keep,
+                               metadata={"monitor": self.monitor, "best": self.best,
+                                         "position": position, "sums": sums},
+                               number=int(state.step))
+        self._say(f"saved {path} (batch {position} of epoch {int(state.epoch) + 1})")
 
     def _say(self, message: str) -> None:
         if self.verbose:

@@ -77,7 +77,8 @@ def _manager(directory: str | Path, keep: int | None = None):
 
 
 def save_checkpoint(directory: str | Path, state: TrainState, history: History | None = None,
-                    *, keep: int | None = 3, metadata: dict[str, Any] | None = None) -> Path:
+                    *, keep: int | None = 3, metadata: dict[str, Any] | None = None,
+                    number: int | None = None) -> Path:
     """Saves ``state`` and ``history`` as the checkpoint of epoch ``state.epoch``.
 
     Args:
@@ -87,6 +88,9 @@ def save_checkpoint(directory: str | Path, state: TrainState, history: History |
       keep: how many of the latest checkpoints to keep; older ones are deleted.
         ``None`` keeps all.
       metadata: extra JSON-serializable values to store (e.g. the best metric so far).
+      number: the checkpoint's number (its subdirectory, what ``restore_checkpoint``'s
+        ``step`` names); default the epoch. Checkpoints taken within epochs are
+        numbered by ``state.step``.
 
     Returns:
       The path of the committed checkpoint.
@@ -100,6 +104,7 @@ def save_checkpoint(directory: str | Path, state: TrainState, history: History |
         raise ValueError(f"keep must be a positive int or None, got {keep!r}")
     history = history or History()
     epoch = int(state.epoch)
+    number = epoch if number is None else int(number)
     structure = describe_structure(state)
     meta = {"format": FORMAT, "version": VERSION, "epoch": epoch, "step": int(state.step),
             "structure": structure, "fingerprint": _fingerprint(structure),
@@ -107,16 +112,17 @@ def save_checkpoint(directory: str | Path, state: TrainState, history: History |
     plain_history = {"history": history.history, "epoch": history.epoch,
                      "epoch_seconds": history.epoch_seconds}
     with _manager(directory, keep) as manager:
-        if epoch in manager.all_steps():
+        if number in manager.all_steps():
             raise CheckpointError(
-                f"{Path(directory) / str(epoch)} already exists: a checkpoint for epoch {epoch} "
-                "was saved before (another run in the same directory?)")
-        manager.save(epoch, args=ocp.args.Composite(
+                f"{Path(directory) / str(number)} already exists: a checkpoint for "
+                f"{'epoch' if number == epoch else 'step'} {number} was saved before (another "
+                "run in the same directory?)")
+        manager.save(number, args=ocp.args.Composite(
             state=ocp.args.StandardSave(state),
             history=ocp.args.JsonSave(plain_history),
             meta=ocp.args.JsonSave(meta)))
         manager.wait_until_finished()
-    return Path(directory) / str(epoch)
+    return Path(directory) / str(number)
 
 
 def latest_checkpoint(directory: str | Path) -> Path | None:

@@ -210,6 +210,9 @@ def fit(model: Layer, x, y, *, loss: str | Callable,
       x, y: inputs and labels, leading axis the examples. Any numeric dtype: uint8
         images stay uint8 on the device (normalize inside the model); float64 is cast
         to float32 on the device.
+        Or ``y=None`` and ``x`` a random-access data source (items ``(input, label)``)
+        or ``fnlearn.sources.stream(...)``: blocks of batches are read and sent to the
+        device as training goes (``fnlearn.stream_fit``, ``docs/data.md``).
       loss: a per-example loss ``loss(labels, predictions)`` or its name.
       optimizer: an Optax ``GradientTransformation`` (see ``fnlearn.optim``) or a Keras
         name (``"adam"``, ``"sgd"``, ``"rmsprop"``, with Keras's defaults).
@@ -218,7 +221,8 @@ def fit(model: Layer, x, y, *, loss: str | Callable,
         epoch 3 with ``epochs=5`` trains 2 more.
       batch_size: examples per step; ``None`` trains on the whole dataset each step.
       shuffle: reshuffle (on the device) every epoch.
-      validation_data: ``(x_val, y_val)`` evaluated after every epoch.
+      validation_data: ``(x_val, y_val)`` evaluated after every epoch (or a source,
+        when ``x`` is one).
       validation_split: instead, hold out this last fraction of ``(x, y)`` (before
         shuffling, as Keras does).
       seed: determines initialization, shuffling and dropout; same seed, same bits.
@@ -238,6 +242,16 @@ def fit(model: Layer, x, y, *, loss: str | Callable,
     Returns:
       ``(state, history)``: the final ``TrainState`` and a ``History``.
     """
+    if y is None or any(getattr(c, "save_every_steps", None) for c in callbacks):
+        # A data source (or checkpoints within epochs): the streaming driver.
+        from fnlearn import sources, stream_fit
+
+        return stream_fit.fit_stream(
+            model, x if y is None else sources.ArraySource(x, y), loss=loss,
+            optimizer=optimizer, metrics=metrics, epochs=epochs, batch_size=batch_size,
+            shuffle=shuffle, validation_data=validation_data, validation_split=validation_split,
+            seed=seed, verbose=verbose, callbacks=callbacks, resume=resume,
+            initial_params=initial_params, state=state, mesh=mesh, progress_every=progress_every)
     cache.enable_by_default()
     checks.check_epochs(epochs, verbose)
     x, y = checks.as_host_array("x", x), checks.as_host_array("y", y)
