@@ -13,6 +13,7 @@ Modules, one concept each:
 - ``callbacks``, ``checkpoint``, ``export``: Orbax checkpoints, resume, ``jax.export``.
 - ``logging``: ``TensorBoard`` and ``CSVLogger`` callbacks.
 - ``parity``: weights to and from PyTorch and Keras, and tolerance-aware comparisons.
+- ``sources``: datasets larger than memory (random-access sources, grain) that ``fit`` streams.
 - ``distributed``: data-parallel meshes and multi-host set-up. ``plots``: pictures of a run.
 
 Heavy libraries (Orbax, TensorFlow, PyTorch, matplotlib, tensorflow-datasets) are
@@ -36,6 +37,7 @@ from fnlearn import (  # noqa: E402 - the version is readable even if an import 
     optim,
     parity,
     plots,
+    sources,
     tensors,
 )
 from fnlearn.cache import (
@@ -99,6 +101,7 @@ __all__ = [
     "predict",
     "restore_checkpoint",
     "save_checkpoint",
+    "sources",
     "tensors",
     "train_epoch",
     "train_step",

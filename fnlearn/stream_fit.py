@@ -129,7 +129,8 @@ def _validation(validation_data, keys, model, state, loss_fn, place):
 
 def fit_stream(model, x, *, loss, optimizer, metrics=(), epochs=1, batch_size=32, shuffle=True,
                validation_data=None, validation_split=0.0, seed=0, verbose=1, callbacks=(),
-               resume=False, initial_params=None, state=None, mesh=None, progress_every=50):
+               resume=False, initial_params=None, initial_model_state=None, state=None,
+               mesh=None, progress_every=50):
     """``fit`` for a source or ``Stream`` ``x`` (see ``fnlearn.train.fit`` for the arguments)."""
     cache.enable_by_default()
     checks.check_epochs(epochs, verbose)
@@ -149,7 +150,8 @@ def fit_stream(model, x, *, loss, optimizer, metrics=(), epochs=1, batch_size=32
     optimizer = checks.resolve_optimizer(optimizer)
     probe_x, probe_y = _probe(source, n)
     state, history = train_lib._start(model, probe_x, optimizer, checks.check_seed(seed), state,
-                                      initial_params, callbacks, resume, epochs)
+                                      (initial_params, initial_model_state), callbacks, resume,
+                                      epochs)
     checks.check_model_input(model, state.params, state.model_state, probe_x, loss_fn, probe_y)
     checks.warn_if_not_probabilities(model, state.params, state.model_state, probe_x, loss_fn)
     place, sharding = train_lib._place(mesh)

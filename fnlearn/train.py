@@ -251,7 +251,8 @@ def fit(model: Layer, x, y, *, loss: str | Callable,
             optimizer=optimizer, metrics=metrics, epochs=epochs, batch_size=batch_size,
             shuffle=shuffle, validation_data=validation_data, validation_split=validation_split,
             seed=seed, verbose=verbose, callbacks=callbacks, resume=resume,
-            initial_params=initial_params, state=state, mesh=mesh, progress_every=progress_every)
+            initial_params=initial_params, initial_model_state=initial_model_state, state=state,
+            mesh=mesh, progress_every=progress_every)
     cache.enable_by_default()
     checks.check_epochs(epochs, verbose)
     x, y = checks.as_host_array("x", x), checks.as_host_array("y", y)
