@@ -40,8 +40,8 @@ class Report(NamedTuple):
     def __str__(self) -> str:
         return (f"{self.source} -> fnlearn, forward on a random batch of shape "
                 f"{self.batch_shape}: max abs error {self.max_abs_error:.3g}, max rel error "
-                f"{self.max_rel_error:.3g} ({'ok' if self.passed else 'MISMATCH'} at "
-                f"rtol {self.rtol:g})")
+                f"{self.max_rel_error:.3g} ({'ok' if self.passed else 'MISMATCH'}: "
+                f"tolerance {self.rtol:g} of the largest |output|)")
 
 
 class Imported(NamedTuple):
