@@ -1,5 +1,7 @@
 """Importing live PyTorch and Keras models: one call, the weights, and a report that can fail."""
 
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -225,3 +227,18 @@ def test_the_report_catches_a_corrupted_weight(torch, torch_net, record):
     result = parity.compare("log-probabilities", ours, expected, rtol=RTOL)
     record("corrupted fc1 weight", f"max abs error {result.max_abs_error:.1e}")
     assert imported.report.passed and not result.passed and result.max_abs_error > 1e-3
+
+
+def test_port_experiment_trains_in_torch_then_in_fnlearn(torch, tmp_path, capsys):
+    from experiments import port
+
+    source = ["--data-dir", os.environ["FNLEARN_DATA_DIR"]] if os.environ.get(
+        "FNLEARN_DATA_DIR") else ["--source", "sample"]
+    results = port.main(["--limit", "512", "--test-limit", "500", "--out", str(tmp_path),
+                         *source])
+    out = capsys.readouterr().out
+    assert "Imported: Net -> fnlearn" in out and results["report_passed"]
+    # The imported model predicts what the PyTorch model predicts (a tie may flip one image).
+    assert abs(results["imported_test_accuracy"] - results["torch_test_accuracy"]) <= 1 / 500
+    assert results["fnlearn_test_accuracy"] > 0.3  # chance is 0.1
+    assert (tmp_path / "report.json").exists()
