@@ -188,6 +188,25 @@ def test_import_batch_norm_and_average_pooling(torch, record):
                                   module[1].running_var.numpy())
 
 
+def test_import_keras_padding_and_batch_norm(keras, record):
+    layers = keras.layers
+    keras.utils.set_random_seed(1)
+    model = keras.Sequential([keras.Input((12, 12, 2)), layers.ZeroPadding2D(((1, 0), (2, 1))),
+                              layers.Conv2D(4, 3), layers.BatchNormalization(momentum=0.9),
+                              layers.ReLU(), layers.GlobalAveragePooling2D(), layers.Dense(3)])
+    bn = model.layers[2]
+    bn.moving_mean.assign(np.linspace(-1, 1, 4).astype(np.float32))
+    bn.moving_variance.assign(np.linspace(0.5, 2, 4).astype(np.float32))
+    imported = parity.from_keras(model)
+    record("report", str(imported.report))
+    assert imported.report.passed
+    conv, norm = imported.model.children[0].config, imported.model.children[1].config
+    assert conv["padding"] == ((1, 0), (2, 1))
+    assert norm["convention"] == "keras" and norm["momentum"] == 0.9
+    np.testing.assert_array_equal(imported.model_state["batch_norm_1"]["var"],
+                                  bn.moving_variance.numpy())
+
+
 def test_import_refuses_unsupported_operations(torch, keras):
     nn_ = torch.nn
     with pytest.raises(ValueError, match=r"unsupported operation GELU at node '_2' "
