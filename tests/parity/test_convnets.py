@@ -265,9 +265,10 @@ STEPS, BATCH = 100, 8
 # So the first EARLY_STEPS losses are held tight, and the whole run (losses and final
 # weights) to bounds that the measured drift fits in; docs/parity.md lists the figures.
 # Measured: SGD stays within 6e-4 (loss) and 4e-5 (weights); Adam within 2e-2 and 3e-2.
-# Adadelta (lr 1.0) on the Net drifts most, 7e-2 and 2e-2, and there PyTorch and Keras stay
-# within 1.2e-6 of each other over the 100 steps while fnlearn leaves them after about 50:
-# rounding amplified, or a difference not yet found; the tight first steps still agree.
+# Adadelta (lr 1.0) on the Net drifts most, 7e-2 and 2e-2: PyTorch and Keras stay within
+# 1.2e-6 of each other while fnlearn leaves them after about 50 steps. In float64 fnlearn
+# and PyTorch agree over all 100 steps (test_adadelta_runs_agree_in_float64), so this is
+# rounding amplified by the trajectory, not a different update rule.
 EARLY_STEPS, EARLY_LOSS_RTOL = 10, 1e-4
 # Whole run: per-step loss relative, final weights absolute, per optimizer.
 LOSS_RTOL = {"sgd": 1e-3, "torch_adam": 1e-2, "keras_adam": 0.2, "adadelta": 0.2}
@@ -484,3 +485,61 @@ def test_keras_training_batch_norm_is_the_less_accurate(keras, mnist_images, rec
     their_error = parity.compare("Keras", theirs, exact, rtol=0.0).max_abs_error
     record("max abs error vs float64", f"fnlearn {our_error:.1e}, Keras {their_error:.1e}")
     assert our_error < 1e-6 and their_error > 10 * our_error
+
+
+def test_adadelta_runs_agree_in_float64(torch, steps_data, record):
+    # The Net's Adadelta runs of check 10 part after ~50 steps in float32. In float64 the same
+    # 100 steps agree closely: the algorithm is the same, and the trajectory amplifies
+    # rounding (float64 differences of 1e-16 grow to ~1e-7 in loss). Which float32 run
+    # leaves the float64 one, and why fnlearn's does here, is recorded, not asserted.
+    model = nn.serial(*[layer for layer in without_dropout(models.torch_mnist_net()).children
+                        if layer.kind != "normalize"])
+    x, y = steps_data
+    x = ((x / 255.0 - 0.1307) / 0.3081).astype(np.float64)
+    params = nn.init(model, 2, IMAGE)
+
+    def fnlearn_losses(dtype):
+        optimizer = optim.torch_adadelta(1.0)
+        p = jax.tree.map(lambda a: jnp.asarray(a, dtype), params)
+        state = optimizer.init(p)
+
+        @jax.jit
+        def step(p, state, xb, yb):
+            loss, grads = jax.value_and_grad(
+                lambda p: jnp.mean(losses.nll_loss(yb, model.apply(p, xb))))(p)
+            updates, state = optimizer.update(grads, state, p, epoch=jnp.int32(0))
+            return jax.tree.map(lambda a, u: a + u, p, updates), state, loss
+
+        trajectory = []
+        for i in range(STEPS):
+            batch = slice(i * BATCH, (i + 1) * BATCH)
+            p, state, loss = step(p, state, jnp.asarray(x[batch], dtype), jnp.asarray(y[batch]))
+            trajectory.append(float(loss))
+        return np.array(trajectory)
+
+    def torch_losses(dtype):
+        module = parity.to_torch_module(model, IMAGE, params).to(dtype).train()
+        optimizer = torch.optim.Adadelta(module.parameters(), lr=1.0)
+        trajectory = []
+        for i in range(STEPS):
+            batch = slice(i * BATCH, (i + 1) * BATCH)
+            loss = torch.nn.functional.nll_loss(
+                module(torch.from_numpy(nchw(x[batch])).to(dtype)), torch.from_numpy(y[batch]))
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            trajectory.append(loss.item())
+        return np.array(trajectory)
+
+    exact = torch_losses(torch.float64)
+    with jax.enable_x64(True):
+        ours64 = fnlearn_losses(jnp.float64)
+    ours32, theirs32 = fnlearn_losses(jnp.float32), torch_losses(torch.float32)
+    same_algorithm = parity.compare("float64 losses", ours64, exact, rtol=1e-6)
+    ours_drift = parity.compare("fnlearn float32", ours32, exact)
+    their_drift = parity.compare("PyTorch float32", theirs32, exact)
+    record("vs PyTorch float64, max rel loss error",
+           f"fnlearn float64 {same_algorithm.max_rel_error:.1e}, fnlearn float32 "
+           f"{ours_drift.max_rel_error:.1e}, PyTorch float32 {their_drift.max_rel_error:.1e}")
+    assert same_algorithm.passed, str(same_algorithm)
+    assert exact[-10:].mean() < 0.5 * exact[:10].mean()  # it trains
