@@ -491,7 +491,7 @@ def test_adadelta_runs_agree_in_float64(torch, steps_data, record):
     # The Net's Adadelta runs of check 10 part after ~50 steps in float32. In float64 the same
     # 100 steps agree closely: the algorithm is the same, and the trajectory amplifies
     # rounding (float64 differences of 1e-16 grow to ~1e-7 in loss). Which float32 run
-    # leaves the float64 one, and why fnlearn's does here, is recorded, not asserted.
+    # leaves the float64 one (a ReLU input within rounding of zero decides) is recorded.
     model = nn.serial(*[layer for layer in without_dropout(models.torch_mnist_net()).children
                         if layer.kind != "normalize"])
     x, y = steps_data
