@@ -223,6 +223,10 @@ def test_import_refuses_unsupported_operations(torch, keras):
 
     with pytest.raises(ValueError, match=r"branches at node 'add' \(target add\)"):
         parity.from_torch(Residual(), (4,))
+    with pytest.raises(ValueError, match=r"zero padding at node '_0' \(target 0\) is followed by "
+                                         r"relu .*only padding right before a convolution"):
+        parity.from_torch(nn_.Sequential(nn_.ZeroPad2d(1), nn_.ReLU(), nn_.Conv2d(1, 2, 3)),
+                          (1, 6, 6))
     with pytest.raises(ValueError, match=r"unsupported operation LSTM at node"):
         parity.from_torch(nn_.Sequential(nn_.LSTM(4, 4)), (3, 4))
     lstm = keras.Sequential([keras.Input((3, 4)), keras.layers.LSTM(4)])
