@@ -15,8 +15,10 @@ import os
 from typing import Any, NamedTuple
 
 # Kinds that compute nothing at inference or hold no weights that pair up; left out
-# when two models are compared kind by kind.
-IGNORED_KINDS = ("dropout", "identity", "normalize")
+# when two models are compared kind by kind. Zero padding is how a convolution's
+# asymmetric or explicit padding is spelled in PyTorch and Keras (a layer before it);
+# the padding itself is checked by running the models, not by the kinds.
+IGNORED_KINDS = ("dropout", "identity", "normalize", "zero_pad")
 
 
 class Op(NamedTuple):
@@ -54,6 +56,7 @@ TORCH_MODULES = {
     "AdaptiveAvgPool2d": "global_avg_pool2d", "Flatten": "flatten", "ReLU": "relu",
     "Softmax": "softmax", "LogSoftmax": "log_softmax", "Tanh": "tanh", "Sigmoid": "sigmoid",
     "Dropout": "dropout", "Dropout2d": "dropout", "Identity": "identity", "Normalize": "normalize",
+    "ZeroPad2d": "zero_pad",
 }
 
 
@@ -195,7 +198,7 @@ KERAS_LAYERS = {
     "MaxPooling2D": "max_pool2d", "AveragePooling2D": "avg_pool2d",
     "GlobalAveragePooling2D": "global_avg_pool2d", "Flatten": "flatten", "ReLU": "relu",
     "Softmax": "softmax", "Dropout": "dropout", "Reshape": "reshape", "Lambda": "normalize",
-    "Rescaling": "normalize", "Activation": "activation",
+    "Rescaling": "normalize", "Activation": "activation", "ZeroPadding2D": "zero_pad",
 }
 
 

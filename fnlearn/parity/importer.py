@@ -40,8 +40,8 @@ class Report(NamedTuple):
     def __str__(self) -> str:
         return (f"{self.source} -> fnlearn, forward on a random batch of shape "
                 f"{self.batch_shape}: max abs error {self.max_abs_error:.3g}, max rel error "
-                f"{self.max_rel_error:.3g} ({'ok' if self.passed else 'MISMATCH'} at "
-                f"rtol {self.rtol:g})")
+                f"{self.max_rel_error:.3g} ({'ok' if self.passed else 'MISMATCH'}: "
+                f"tolerance {self.rtol:g} of the largest |output|)")
 
 
 class Imported(NamedTuple):
@@ -65,8 +65,15 @@ def _torch_layer(op: Op) -> Layer | None:
         if m.groups != 1 or m.padding_mode != "zeros":
             raise ValueError(f"Conv2d at {op.where} uses groups={m.groups}, "
                              f"padding_mode={m.padding_mode!r}: not supported")
-        padding = m.padding if isinstance(m.padding, str) else tuple(
-            (p, p) for p in _pair(m.padding))
+        extra = c.get("pad")
+        if isinstance(m.padding, str):
+            if extra is not None and m.padding != "valid":
+                raise ValueError(f"Conv2d at {op.where} pads {m.padding!r} after a ZeroPad2d: "
+                                 "not supported")
+            padding = m.padding if extra is None else extra
+        else:
+            extra = extra or ((0, 0), (0, 0))
+            padding = tuple((p + a, p + b) for p, (a, b) in zip(_pair(m.padding), extra))
         return nn.Conv2D(m.out_channels, _pair(m.kernel_size), strides=_pair(m.stride),
                          padding=padding, dilation=_pair(m.dilation),
                          use_bias=m.bias is not None, init="torch")
@@ -104,6 +111,31 @@ def _torch_layer(op: Op) -> Layer | None:
     return None  # identity
 
 
+def _fold_padding(ops: list[Op], framework: str) -> list[Op]:
+    """Ops with each zero padding folded into the convolution it precedes (``config["pad"]``)."""
+    folded, pending = [], None
+    for op in ops:
+        if op.kind == "zero_pad":
+            if framework == "PyTorch":
+                left, right, top, bottom = op.obj.padding
+                pad = ((top, bottom), (left, right))
+            else:
+                pad = tuple(tuple(int(p) for p in pair) for pair in op.obj.padding)
+            pending = (pad, op.where)
+            continue
+        if pending is not None:
+            if op.kind != "conv2d":
+                raise ValueError(f"zero padding at {pending[1]} is followed by {op.kind} at "
+                                 f"{op.where}: only padding right before a convolution can be "
+                                 "imported")
+            op = op._replace(config={**op.config, "pad": pending[0]})
+            pending = None
+        folded.append(op)
+    if pending is not None:
+        raise ValueError(f"zero padding at {pending[1]} ends the model: not supported")
+    return folded
+
+
 def _fnlearn_shape(input_shape: Sequence[int]) -> tuple[int, ...]:
     shape = tuple(int(d) for d in input_shape)
     return (*shape[1:], shape[0]) if len(shape) == 3 else shape
@@ -134,7 +166,7 @@ def from_torch(module, input_shape: Sequence[int], *, batch_size: int = 8, seed:
       ValueError: an unsupported operation or a branching graph (the node is named).
     """
     torch = import_torch()
-    ops = torch_ops(module)  # refuses before anything is built
+    ops = _fold_padding(torch_ops(module), "PyTorch")  # refuses before anything is built
     layers = [layer for layer in map(_torch_layer, ops) if layer is not None]
     model = nn.serial(*layers)
     shape = _fnlearn_shape(input_shape)
@@ -150,15 +182,19 @@ def from_torch(module, input_shape: Sequence[int], *, batch_size: int = 8, seed:
                                                   params, state, x, x_nhwc, rtol))
 
 
-def _keras_layer(layer) -> Layer | None:
+def _keras_layer(layer, pad=None) -> Layer | None:
     kind = type(layer).__name__
     cfg = layer.get_config()
     activation = cfg.get("activation") if isinstance(cfg.get("activation"), str) else None
     if kind == "Dense":
         return nn.Dense(cfg["units"], activation=activation, use_bias=cfg["use_bias"])
     if kind == "Conv2D":
+        if pad is not None and cfg["padding"] != "valid":
+            raise ValueError(f"Conv2D {layer.name!r} pads {cfg['padding']!r} after a "
+                             "ZeroPadding2D: not supported")
         return nn.Conv2D(cfg["filters"], tuple(cfg["kernel_size"]),
-                         strides=tuple(cfg["strides"]), padding=cfg["padding"],
+                         strides=tuple(cfg["strides"]),
+                         padding=cfg["padding"] if pad is None else pad,
                          dilation=tuple(cfg["dilation_rate"]), activation=activation,
                          use_bias=cfg["use_bias"])
     if kind in ("MaxPooling2D", "AveragePooling2D"):
@@ -202,9 +238,10 @@ def from_keras(keras_model, *, batch_size: int = 8, seed: int = 0,
       ``Imported(model, params, model_state, report)``.
     """
     import_keras()
-    keras_ops(keras_model)  # refuses unsupported layers and branches before anything is built
-    layers = [layer for layer in keras_model.layers if type(layer).__name__ != "InputLayer"]
-    model = nn.serial(*[_keras_layer(layer) for layer in layers])
+    # Refuses unsupported layers and branches before anything is built.
+    ops = _fold_padding(keras_ops(keras_model), "Keras")
+    model = nn.serial(*[_keras_layer(op.obj, op.config.get("pad")) for op in ops
+                        if op.obj is not None])
     shape = tuple(int(d) for d in keras_model.input_shape[1:])
     params, state = variables_from_keras(keras_model, model=model, input_shape=shape)
     x = np.random.default_rng(seed).normal(size=(batch_size, *shape)).astype(np.float32)

@@ -82,3 +82,49 @@ def mnist_subset():
 
     (images, labels), _ = data.load_mnist(source="sample")
     return (images[:2048] / 255.0).astype("float32"), labels[:2048]
+
+
+@pytest.fixture(scope="session")
+def mnist_images():
+    """Real MNIST test images, uint8 ``(N, 28, 28, 1)``, and labels: the full data from
+    ``$FNLEARN_DATA_DIR`` when set (CI), else fnlearn's sample."""
+    from fnlearn import data
+
+    source = "idx" if os.environ.get("FNLEARN_DATA_DIR") else "sample"
+    _, (images, labels) = data.load_mnist(source=source)
+    return images[..., None], labels.astype("int64")
+
+
+@pytest.fixture(scope="session")
+def torch_net(torch):
+    """The PyTorch examples' ``mnist/main.py`` ``Net``, written as the class it is.
+
+    ``Net(dropout=False)`` leaves out the two dropouts, for runs that must be deterministic.
+    """
+    F = torch.nn.functional
+
+    class Net(torch.nn.Module):
+        def __init__(self, dropout: bool = True):
+            super().__init__()
+            self.conv1 = torch.nn.Conv2d(1, 32, 3, 1)
+            self.conv2 = torch.nn.Conv2d(32, 64, 3, 1)
+            self.dropout1 = torch.nn.Dropout(0.25) if dropout else torch.nn.Identity()
+            self.dropout2 = torch.nn.Dropout(0.5) if dropout else torch.nn.Identity()
+            self.fc1 = torch.nn.Linear(9216, 128)
+            self.fc2 = torch.nn.Linear(128, 10)
+
+        def forward(self, x):
+            x = self.conv1(x)
+            x = F.relu(x)
+            x = self.conv2(x)
+            x = F.relu(x)
+            x = F.max_pool2d(x, 2)
+            x = self.dropout1(x)
+            x = torch.flatten(x, 1)
+            x = self.fc1(x)
+            x = F.relu(x)
+            x = self.dropout2(x)
+            x = self.fc2(x)
+            return F.log_softmax(x, dim=1)
+
+    return Net
