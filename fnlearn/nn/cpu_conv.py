@@ -35,10 +35,9 @@ Padding = str | Sequence[tuple[int, int]]
 
 DIMENSION_NUMBERS = ("NHWC", "HWIO", "NHWC")
 # Bytes of patches (or of output, whichever is larger) per step of the batch loop.
-# Measured on a 2-core EPYC: 8 images of 26x26x32 patches (5 MB) ran the MNIST
-# conv forward 4-5x faster than one product over the whole batch; see the log in
-# docs/performance.md.
-CHUNK_BYTES = 6 * 2**20
+# Measured on a 2-core EPYC: blocks of 1-8 MB ran the MNIST convs 3-5x faster than
+# one product over the whole batch, 16 MB and more as slowly; see docs/performance.md.
+CHUNK_BYTES = 4 * 2**20
 
 
 class Geometry(NamedTuple):
@@ -171,8 +170,14 @@ def untaps(parts: Sequence[jax.Array], geom: Geometry) -> jax.Array:
 
 
 def chunk_size(batch: int, bytes_per_image: int) -> int:
-    """Images per step of the batch loop, so that one step's block is about ``CHUNK_BYTES``."""
-    return max(1, min(batch, CHUNK_BYTES // max(bytes_per_image, 1)))
+    """Images per step of the batch loop, so that one step's block is at most ``CHUNK_BYTES``.
+
+    A divisor of the batch when one is at least half the largest chunk, which
+    spares the leftover images their own slice, product and concatenation.
+    """
+    largest = max(1, min(batch, CHUNK_BYTES // max(bytes_per_image, 1)))
+    divisor = max(d for d in range(1, largest + 1) if batch % d == 0)
+    return divisor if 2 * divisor >= largest else largest
 
 
 def map_batch(fn: Callable[..., jax.Array], arrays: Sequence[jax.Array], chunk: int) -> jax.Array:
