@@ -24,9 +24,7 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
-from jax import lax
 
 from fnlearn.nn import cpu_conv, cpu_pool
 

@@ -87,7 +87,8 @@ def padding_pairs(
         len(p) == 2 and all(isinstance(v, int) and v >= 0 for v in p) for p in pads
     ):
         raise ValueError(
-            f"padding must be 'valid', 'same' or two (low, high) pairs of ints >= 0, got {padding!r}"
+            "padding must be 'valid', 'same' or two (low, high) pairs of ints >= 0, "
+            f"got {padding!r}"
         )
     return pads  # type: ignore[return-value]
 
@@ -148,7 +149,7 @@ def untaps(parts: Sequence[jax.Array], geom: Geometry) -> jax.Array:
     Each part is spread out with holes (interior padding) and shifted by edge
     padding; negative edges crop the input padding away, so no scatter is needed.
     """
-    (kh, kw), (sh, sw), (dh, dw), (ho, wo) = geom.window, geom.strides, geom.dilation, geom.out_hw
+    kw, (sh, sw), (dh, dw), (ho, wo) = geom.window[1], geom.strides, geom.dilation, geom.out_hw
     (h, w), ((top, _), (left, _)) = geom.in_hw, geom.padding
     zero = jnp.zeros((), parts[0].dtype)
     total = None
