@@ -1,0 +1,258 @@
+"""Micro benchmark: fnlearn's CPU convolution and pooling against lax and PyTorch.
+
+Times each conv of the two MNIST convnets (forward, input gradient, kernel
+gradient), the max pools (forward, gradient), and a whole jitted training step
+of each model: the Keras "simple MNIST convnet" (batch 128, Adam) and the
+PyTorch examples ``Net`` (batch 64, Adadelta), written here twice in plain JAX,
+once with ``fnlearn.nn.cpu_conv``/``cpu_pool`` and once with
+``lax.conv_general_dilated``/``reduce_window``, plus PyTorch on the same
+machine (2 threads) when it is importable.
+
+Other processes may share the cores, so the contenders alternate within every
+repetition and the table gives medians; ratios are taken repetition by
+repetition before the median.
+
+    python experiments/conv_bench.py [--reps 7] [--calls 5] [--only ops|steps]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from fnlearn.nn import cpu_conv, cpu_pool
+
+try:
+    import torch
+    import torch.nn.functional as F
+except ImportError:
+    torch = None
+
+LAX = {"conv": cpu_conv.conv2d_lax, "pool": cpu_pool.max_pool2d_lax}
+FAST = {"conv": cpu_conv.conv2d, "pool": cpu_pool.max_pool2d}
+# (name, batch, input NHWC, kernel HWIO): the convs of both models.
+CONVS = [
+    ("keras conv1", 128, (28, 28, 1), (3, 3, 1, 32)),
+    ("keras conv2", 128, (13, 13, 32), (3, 3, 32, 64)),
+    ("net conv1", 64, (28, 28, 1), (3, 3, 1, 32)),
+    ("net conv2", 64, (26, 26, 32), (3, 3, 32, 64)),
+]
+POOLS = [("keras pool1", 128, (26, 26, 32)), ("keras pool2", 128, (11, 11, 64)),
+         ("net pool", 64, (24, 24, 64))]
+
+
+def timed(fn: Callable[[], object], calls: int) -> float:
+    """Seconds per call of ``fn``, averaged over ``calls`` calls."""
+    start = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    return (time.perf_counter() - start) / calls
+
+
+def race(contenders: dict[str, Callable[[], object]], reps: int, calls: int) -> dict[str, list]:
+    """Times every contender once per repetition, in turn; returns seconds per call, per rep."""
+    for fn in contenders.values():
+        fn()
+    times = {name: [] for name in contenders}
+    for _ in range(reps):
+        for name, fn in contenders.items():
+            times[name].append(timed(fn, calls))
+    return times
+
+
+def jax_call(fn, *args):
+    compiled = jax.jit(fn)
+    return lambda: jax.block_until_ready(compiled(*args))
+
+
+def conv_ops(batch, in_shape, k_shape, ops):
+    key_x, key_k, key_g = jax.random.split(jax.random.key(0), 3)
+    x = jax.random.normal(key_x, (batch, *in_shape))
+    k = jax.random.normal(key_k, k_shape) * 0.1
+    g = jax.random.normal(key_g, ops["conv"](x, k).shape)
+    conv = ops["conv"]
+    return {
+        "forward": jax_call(conv, x, k),
+        "input grad": jax_call(lambda x, k, g: jax.vjp(lambda x: conv(x, k), x)[1](g)[0], x, k, g),
+        "kernel grad": jax_call(lambda x, k, g: jax.vjp(lambda k: conv(x, k), k)[1](g)[0], x, k, g),
+    }
+
+
+def pool_ops(batch, in_shape, ops):
+    x = jax.random.normal(jax.random.key(0), (batch, *in_shape))
+    pool = ops["pool"]
+    g = jax.random.normal(jax.random.key(1), pool(x).shape)
+    return {"forward": jax_call(pool, x),
+            "grad": jax_call(lambda x, g: jax.vjp(pool, x)[1](g)[0], x, g)}
+
+
+def torch_conv_ops(batch, in_shape, k_shape):
+    h, w, c = in_shape
+    x = torch.randn(batch, c, h, w, requires_grad=True)
+    k = (torch.randn(k_shape[3], k_shape[2], k_shape[0], k_shape[1]) * 0.1).requires_grad_()
+    g = torch.randn_like(F.conv2d(x, k))
+    return {
+        "forward": lambda: F.conv2d(x, k),
+        "input grad": lambda: torch.autograd.grad(F.conv2d(x, k), x, g),
+        "kernel grad": lambda: torch.autograd.grad(F.conv2d(x.detach(), k), k, g),
+    }
+
+
+def torch_pool_ops(batch, in_shape):
+    h, w, c = in_shape
+    x = torch.randn(batch, c, h, w, requires_grad=True)
+    g = torch.randn_like(F.max_pool2d(x, 2))
+    return {"forward": lambda: F.max_pool2d(x, 2),
+            "grad": lambda: torch.autograd.grad(F.max_pool2d(x, 2), x, g)}
+
+
+def dropout(key, x, rate):
+    keep = jax.random.bernoulli(key, 1 - rate, x.shape)
+    return jnp.where(keep, x / (1 - rate), 0)
+
+
+def keras_convnet(ops):
+    """The Keras example's model as ``(init, loss)``; labels one-hot, softmax cross-entropy."""
+    def init(key):
+        keys = jax.random.split(key, 3)
+        return {"c1": (jax.random.normal(keys[0], (3, 3, 1, 32)) * 0.3, jnp.zeros(32)),
+                "c2": (jax.random.normal(keys[1], (3, 3, 32, 64)) * 0.06, jnp.zeros(64)),
+                "d": (jax.random.normal(keys[2], (1600, 10)) * 0.03, jnp.zeros(10))}
+
+    def loss(params, key, x, y):
+        h = ops["pool"](jax.nn.relu(ops["conv"](x, params["c1"][0]) + params["c1"][1]))
+        h = ops["pool"](jax.nn.relu(ops["conv"](h, params["c2"][0]) + params["c2"][1]))
+        h = dropout(key, h.reshape(h.shape[0], -1), 0.5)
+        logits = h @ params["d"][0] + params["d"][1]
+        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+    return init, loss
+
+
+def torch_net(ops):
+    """The PyTorch example's ``Net`` as ``(init, loss)``; log-softmax and NLL."""
+    def init(key):
+        keys = jax.random.split(key, 4)
+        return {"c1": (jax.random.normal(keys[0], (3, 3, 1, 32)) * 0.3, jnp.zeros(32)),
+                "c2": (jax.random.normal(keys[1], (3, 3, 32, 64)) * 0.06, jnp.zeros(64)),
+                "f1": (jax.random.normal(keys[2], (9216, 128)) * 0.01, jnp.zeros(128)),
+                "f2": (jax.random.normal(keys[3], (128, 10)) * 0.09, jnp.zeros(10))}
+
+    def loss(params, key, x, y):
+        k1, k2 = jax.random.split(key)
+        h = jax.nn.relu(ops["conv"](x, params["c1"][0]) + params["c1"][1])
+        h = jax.nn.relu(ops["conv"](h, params["c2"][0]) + params["c2"][1])
+        h = dropout(k1, ops["pool"](h).reshape(x.shape[0], -1), 0.25)
+        h = dropout(k2, jax.nn.relu(h @ params["f1"][0] + params["f1"][1]), 0.5)
+        logits = jax.nn.log_softmax(h @ params["f2"][0] + params["f2"][1])
+        return -jnp.take_along_axis(logits, y[:, None], 1).mean()
+
+    return init, loss
+
+
+def jax_step(model, optimizer, batch):
+    init, loss = model
+    params = init(jax.random.key(0))
+    state = [params, optimizer.init(params), jax.random.key(1)]
+    x = jax.random.uniform(jax.random.key(2), (batch, 28, 28, 1))
+    y = jax.random.randint(jax.random.key(3), (batch,), 0, 10)
+
+    @jax.jit
+    def step(params, opt_state, key, x, y):
+        key, sub = jax.random.split(key)
+        value, grads = jax.value_and_grad(loss)(params, sub, x, y)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, key, value
+
+    def run():
+        *state[:3], value = step(*state, x, y)
+        jax.block_until_ready(value)
+
+    return run
+
+
+def torch_step(name, batch):
+    nn = torch.nn
+    if name == "keras":
+        model = nn.Sequential(
+            nn.Conv2d(1, 32, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(32, 64, 3), nn.ReLU(),
+            nn.MaxPool2d(2), nn.Flatten(), nn.Dropout(0.5), nn.Linear(1600, 10))
+        optimizer, loss = torch.optim.Adam(model.parameters(), 1e-3), nn.CrossEntropyLoss()
+    else:
+        model = nn.Sequential(
+            nn.Conv2d(1, 32, 3), nn.ReLU(), nn.Conv2d(32, 64, 3), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Dropout(0.25), nn.Flatten(), nn.Linear(9216, 128), nn.ReLU(), nn.Dropout(0.5),
+            nn.Linear(128, 10), nn.LogSoftmax(1))
+        optimizer, loss = torch.optim.Adadelta(model.parameters(), 1.0), nn.NLLLoss()
+    x, y = torch.rand(batch, 1, 28, 28), torch.randint(0, 10, (batch,))
+
+    def run():
+        optimizer.zero_grad()
+        loss(model(x), y).backward()
+        optimizer.step()
+
+    return run
+
+
+def row(label: str, times: dict[str, list], unit: str, batch: int = 0) -> str:
+    """One table row: medians in ms (or img/s) and lax/fast, torch/fast ratios."""
+    med = {name: statistics.median(t) for name, t in times.items()}
+    ratio = {name: statistics.median(a / b for a, b in zip(t, times["fnlearn"]))
+             for name, t in times.items() if name != "fnlearn"}
+    show = (lambda s: f"{batch / s:,.0f}") if unit == "img/s" else (lambda s: f"{s * 1e3:.1f}")
+    cells = [show(med[name]) for name in times] + [f"{r:.2f}x" for r in ratio.values()]
+    return f"| {label} | " + " | ".join(cells) + " |"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--reps", type=int, default=7, help="alternating repetitions")
+    parser.add_argument("--calls", type=int, default=5, help="calls timed per repetition")
+    parser.add_argument("--only", choices=["ops", "steps"], help="run one table only")
+    args = parser.parse_args(argv)
+    names = ["fnlearn", "lax"] + (["torch"] if torch is not None else [])
+    if torch is not None:
+        torch.set_num_threads(2)
+    header = ("| " + " | ".join(names) + " | " + " | ".join(f"{n}/fnlearn" for n in names[1:])
+              + " |")
+    print(f"jax {jax.__version__}, devices {jax.devices()}, reps {args.reps} x {args.calls} calls"
+          + (f", torch {torch.__version__} ({torch.get_num_threads()} threads)" if torch else ""))
+    if args.only != "steps":
+        print(f"\n| op (ms, median) {header}\n|" + " --- |" * (2 * len(names)))
+        for label, batch, in_shape, k_shape in CONVS:
+            per = {"fnlearn": conv_ops(batch, in_shape, k_shape, FAST),
+                   "lax": conv_ops(batch, in_shape, k_shape, LAX)}
+            if torch is not None:
+                per["torch"] = torch_conv_ops(batch, in_shape, k_shape)
+            for op in per["fnlearn"]:
+                times = race({n: per[n][op] for n in per}, args.reps, args.calls)
+                print(row(f"{label} {op} (batch {batch})", times, "ms"), flush=True)
+        for label, batch, in_shape in POOLS:
+            per = {"fnlearn": pool_ops(batch, in_shape, FAST),
+                   "lax": pool_ops(batch, in_shape, LAX)}
+            if torch is not None:
+                per["torch"] = torch_pool_ops(batch, in_shape)
+            for op in per["fnlearn"]:
+                times = race({n: per[n][op] for n in per}, args.reps, args.calls)
+                print(row(f"{label} max {op} (batch {batch})", times, "ms"), flush=True)
+    if args.only != "ops":
+        print(f"\n| train step (img/s, median) {header}\n|" + " --- |" * (2 * len(names)))
+        models = [("keras", "Keras convnet, Adam", keras_convnet, optax.adam(1e-3), 128),
+                  ("net", "PyTorch Net, Adadelta", torch_net, optax.adadelta(1.0), 64)]
+        for name, label, model, optimizer, batch in models:
+            steps = {"fnlearn": jax_step(model(FAST), optimizer, batch),
+                     "lax": jax_step(model(LAX), optimizer, batch)}
+            if torch is not None:
+                steps["torch"] = torch_step(name, batch)
+            times = race(steps, args.reps, args.calls)
+            print(row(f"{label} (batch {batch})", times, "img/s", batch), flush=True)
+
+
+if __name__ == "__main__":
+    main()
