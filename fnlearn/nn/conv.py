@@ -19,6 +19,7 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 
+from fnlearn.nn import cpu_conv, cpu_pool
 from fnlearn.nn.core import Layer, Shape
 from fnlearn.nn.dense import _activation, glorot_uniform, torch_linear_uniform
 
@@ -29,19 +30,23 @@ _DIMENSIONS = ("NHWC", "HWIO", "NHWC")
 
 def _conv2d(x: jax.Array, kernel: jax.Array, strides: Pair, padding: Padding,
             dilation: Pair) -> jax.Array:
-    """Cross-correlation of NHWC ``x`` with an HWIO ``kernel``, explicit padding pairs."""
-    return jax.lax.conv_general_dilated(x, kernel, window_strides=strides, padding=padding,
-                                        rhs_dilation=dilation, dimension_numbers=_DIMENSIONS)
+    """Cross-correlation of NHWC ``x`` with an HWIO ``kernel``, explicit padding pairs.
+
+    Matrix products on CPU (``cpu_conv``), ``lax.conv_general_dilated`` elsewhere.
+    """
+    return cpu_conv.conv2d(x, kernel, strides=strides, padding=padding, dilation=dilation)
 
 
 def _max_pool(x: jax.Array, window: Pair, strides: Pair, padding: Padding) -> jax.Array:
-    """Maximum over NHWC windows; padding never wins (it is -inf)."""
-    return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, *window, 1), (1, *strides, 1),
-                                 ((0, 0), *padding, (0, 0)))
+    """Maximum over NHWC windows; padding never wins (it is -inf). Slices on CPU (``cpu_pool``)."""
+    return cpu_pool.max_pool2d(x, window, strides, padding)
 
 
 def _avg_pool(x: jax.Array, window: Pair, strides: Pair, padding: Padding) -> jax.Array:
     """Mean over NHWC windows of the real pixels only (PyTorch: ``count_include_pad=False``)."""
+    if not any(any(p) for p in padding):
+        # Every window is whole: the full-window mean, slices on CPU.
+        return cpu_pool.avg_pool2d(x, window, strides, padding)
     pads = ((0, 0), *padding, (0, 0))
     dims, steps = (1, *window, 1), (1, *strides, 1)
     total = jax.lax.reduce_window(x, 0.0, jax.lax.add, dims, steps, pads)

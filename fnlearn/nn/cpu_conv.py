@@ -184,7 +184,8 @@ def chunk_size(batch: int, bytes_per_image: int) -> int:
 def map_batch(fn: Callable[..., jax.Array], arrays: Sequence[jax.Array], chunk: int) -> jax.Array:
     """``fn`` over the batch in chunks of ``chunk`` images, outputs concatenated."""
     n = arrays[0].shape[0]
-    if chunk >= n:
+    # A symbolic batch (jax.export's "b") cannot be split into chunks: one product.
+    if not isinstance(n, int) or chunk >= n:
         return fn(*arrays)
     steps, rest = divmod(n, chunk)
     stacked = [a[: steps * chunk].reshape(steps, chunk, *a.shape[1:]) for a in arrays]
@@ -198,7 +199,8 @@ def map_batch(fn: Callable[..., jax.Array], arrays: Sequence[jax.Array], chunk: 
 def sum_batch(fn: Callable[..., jax.Array], arrays: Sequence[jax.Array], chunk: int) -> jax.Array:
     """The sum of ``fn`` over the batch in chunks of ``chunk`` images."""
     n = arrays[0].shape[0]
-    if chunk >= n:
+    # A symbolic batch (jax.export's "b") cannot be split into chunks: one product.
+    if not isinstance(n, int) or chunk >= n:
         return fn(*arrays)
     steps, rest = divmod(n, chunk)
     stacked = [a[: steps * chunk].reshape(steps, chunk, *a.shape[1:]) for a in arrays]
@@ -224,6 +226,8 @@ def _chunk(x: jax.Array, kernel: jax.Array, geom: Geometry) -> int:
     (h, w), (ho, wo), (kh, kw) = geom.in_hw, geom.out_hw, geom.window
     c, o = kernel.shape[2:]
     largest = max(ho * wo * kh * kw * c, ho * wo * o, h * w * c)
+    if not isinstance(x.shape[0], int):
+        return 1
     return chunk_size(x.shape[0], largest * x.dtype.itemsize)
 
 
