@@ -58,24 +58,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def _fit_keras(x_train, y_train, args, epochs, batch_size):
-    model = fl.models.keras_convnet()
+def _fit_keras(model, x_train, y_train, args, epochs, batch_size):
     one_hot = np.eye(10, dtype=np.float32)[y_train]
     state, history = fl.fit(
         model, x_train, one_hot, loss="categorical_crossentropy",
         optimizer=fl.optim.keras_adam(), metrics=["accuracy"], epochs=epochs,
         batch_size=batch_size, validation_split=0.1, seed=args.seed, verbose=args.verbose)
-    return model, state, history, "categorical_crossentropy"
+    return state, history
 
 
-def _fit_torch(x_train, y_train, x_test, y_test, args, epochs, batch_size):
-    model = fl.models.torch_mnist_net()
+def _fit_torch(model, x_train, y_train, x_test, y_test, args, epochs, batch_size):
     optimizer = fl.optim.torch_adadelta(schedule=fl.optim.step_lr(1.0, step_size=1, gamma=0.7))
     state, history = fl.fit(
         model, x_train, y_train, loss="nll_loss", optimizer=optimizer, metrics=["accuracy"],
         epochs=epochs, batch_size=batch_size, validation_data=(x_test, y_test),
         seed=args.seed, verbose=args.verbose)
-    return model, state, history, "nll_loss"
+    return state, history
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -93,12 +91,13 @@ def main(argv: list[str] | None = None) -> dict:
 
     started = time.perf_counter()
     if args.recipe == "keras":
-        model, state, history, loss = _fit_keras(x_train, y_train, args, epochs, batch_size)
-        y_eval, eval_batch = np.eye(10, dtype=np.float32)[y_test], fl.train.EVAL_BATCH_SIZE
+        state, history = _fit_keras(model, x_train, y_train, args, epochs, batch_size)
+        loss, y_eval = "categorical_crossentropy", np.eye(10, dtype=np.float32)[y_test]
+        eval_batch = fl.train.EVAL_BATCH_SIZE
     else:
-        model, state, history, loss = _fit_torch(x_train, y_train, x_test, y_test, args, epochs,
-                                                 batch_size)
-        y_eval, eval_batch = y_test, TORCH_TEST_BATCH_SIZE
+        state, history = _fit_torch(model, x_train, y_train, x_test, y_test, args, epochs,
+                                    batch_size)
+        loss, y_eval, eval_batch = "nll_loss", y_test, TORCH_TEST_BATCH_SIZE
     fit_seconds = time.perf_counter() - started
 
     results = fl.evaluate(model, state.params, x_test, y_eval, loss=loss, metrics=["accuracy"],
