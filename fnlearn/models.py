@@ -48,7 +48,8 @@ def torch_mnist_net() -> nn.Layer:
     Takes uint8 images of shape (28, 28, 1). torchvision's ``ToTensor`` then
     ``Normalize((0.1307,), (0.3081,))`` are two float32 steps, reproduced as two
     layers: ``Normalize(0, 255)`` (exact, as ``ToTensor``'s division) and
-    ``Normalize(0.1307, 0.3081)``. Convolutions are ``Conv2d(1, 32, 3, 1)`` and
+    ``Normalize(0.1307, 0.3081)`` (within one float32 ulp: XLA on CPU multiplies by
+    the reciprocal of the constant). Convolutions are ``Conv2d(1, 32, 3, 1)`` and
     ``Conv2d(32, 64, 3, 1)`` with PyTorch's initialization, then max-pool 2,
     Dropout 0.25, Linear(9216, 128) relu, Dropout 0.5, Linear(128, 10),
     log-softmax. Activations are NHWC, so the flattened features are in

@@ -13,6 +13,10 @@ dropout key are folded from ``state.key``, ``state.epoch`` and ``state.step``, s
 same state gives the same bits in any loop. A step whose loss is not finite (or
 whose batch is entirely padding) changes nothing; ``train_epoch`` reports the
 first such non-finite step and applies no update after it.
+
+An optimizer that is an ``optax.GradientTransformationExtraArgs`` is called with
+``epoch=state.epoch``, so per-epoch schedules (``fnlearn.optim.step_lr``) need no
+steps-per-epoch arithmetic; a plain ``GradientTransformation`` is called without it.
 """
 
 from __future__ import annotations
@@ -224,7 +228,9 @@ def train_epoch(state: TrainState, x, y, *, model: Layer, loss: str | Callable,
     Returns:
       ``(state, logs)``: ``state.epoch`` is one more unless a loss was not finite, and
       ``logs`` has the epoch's mean ``loss``, its metrics (in order) under ``metrics``,
-      and ``nonfinite_step`` (-1, or the first step whose loss was not finite).
+      ``nonfinite_step`` (-1, or the first step whose loss was not finite) and, when the
+      optimizer has an epoch schedule (``fnlearn.optim.scale_by_epoch_schedule``),
+      ``learning_rate``.
     """
     loss_fn, _, metric_fns = _resolve(loss, metrics)
     return _epoch(state, x, y, model=model, loss_fn=loss_fn, metric_fns=metric_fns,

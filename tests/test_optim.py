@@ -1,3 +1,4 @@
+import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -125,3 +126,17 @@ def test_torch_adadelta_reproduces_torchs_update_rule_with_weight_decay():
         updates, state = optimizer.update(jnp.asarray(g), state, q, epoch=jnp.int32(0))
         q = optax.apply_updates(q, updates)
     np.testing.assert_allclose(np.asarray(q), p, rtol=1e-5, atol=1e-7)
+
+
+def test_train_step_calls_a_plain_gradient_transformation_without_the_epoch():
+    def update(grads, state, params=None):  # no **extra_args: an epoch keyword would fail
+        return jax.tree.map(lambda g: -0.5 * g, grads), state
+
+    plain = optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+    assert not isinstance(plain, optax.GradientTransformationExtraArgs)
+    model = fl.nn.serial(fl.nn.Dense(1))
+    state = fl.init_state(model, plain, (2,), seed=0)
+    new, logs = fl.train_step(state, jnp.ones((4, 2)), jnp.zeros((4, 1)), model=model,
+                              loss="mse", optimizer=plain)
+    assert int(new.step) == 1 and not bool(logs["nonfinite"])
+    assert float(jnp.abs(new.params["dense_0"]["bias"] - state.params["dense_0"]["bias"])[0]) > 0
