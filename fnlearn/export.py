@@ -25,6 +25,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from fnlearn.checks import check_params
 from fnlearn.nn.core import Layer, apply
 
 FORMAT = "fnlearn-export"
@@ -63,6 +64,7 @@ def export_model(model: Layer, params, input_shape: Sequence[int], dtype, path: 
     Returns:
       The path written.
     """
+    check_params(params)
     spec = _batch_polymorphic_spec(input_shape, dtype)
     try:
         exported = jax.export.export(jax.jit(_inference_function(model, params, model_state)),
