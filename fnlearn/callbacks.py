@@ -114,7 +114,8 @@ class ModelCheckpoint:
         for value in history.history.get(name, []) if name else []:
             if math.isnan(self.best) or self._better(value, self.best):
                 self.best = value
-        self._say(f"resuming from {latest} (epoch {int(state.epoch)}, step {int(state.step)})")
+        self._say(f"resuming from {latest} ({int(state.epoch)} epochs done, "
+                  f"{int(state.step)} optimizer steps)")
         return state, history
 
     def on_epoch_end(self, epoch: int, state: TrainState, logs: dict[str, float],
