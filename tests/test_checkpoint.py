@@ -133,8 +133,9 @@ def test_restore_params_reads_the_parameters_without_the_optimizer(tmp_path):
     assert leaves_equal(params, trained[1].params) and model_state == {}
     assert leaves_equal(fnlearn.restore_params(tmp_path, model, (4,), epoch=1)[0],
                         trained[0].params)
-    with pytest.raises(CheckpointError, match=r"different model:\n  \.params\['dense_0'\]\['bias'\]: "
-                                              r"checkpoint has \(8,\) float32, model expects \(9,\)"):
+    with pytest.raises(CheckpointError, match=r"different model:\n  \.params\['dense_0'\]"
+                                              r"\['bias'\]: checkpoint has \(8,\) float32, "
+                                              r"model expects \(9,\)"):
         fnlearn.restore_params(tmp_path, nn.serial(nn.Dense(9, "relu"), nn.Dense(3)), (4,))
 
 

@@ -154,15 +154,16 @@ def test_a_train_state_where_params_are_expected_is_named(tmp_path):
 def test_one_hot_labels_with_the_sparse_loss_are_named(dtype):
     one_hot = np.eye(2, dtype=dtype)[Y]
     with pytest.raises(ValueError, match=r"labels of shape \(64, 2\) look one-hot: use "
-                                         r"loss='categorical_crossentropy', or pass y.argmax\(-1\)"):
+                                         r"loss='categorical_crossentropy', or pass "
+                                         r"y.argmax\(-1\)"):
         fit(y=one_hot)
     state, _ = fit(y=one_hot, loss="categorical_crossentropy", epochs=1)
     assert int(state.epoch) == 1
 
 
 def test_float_class_ids_point_to_the_categorical_loss():
-    with pytest.raises(ValueError, match=r"needs integer class labels, got dtype float32; cast with "
-                                         r"labels.astype\(int\) .* use "
+    with pytest.raises(ValueError, match=r"needs integer class labels, got dtype float32; "
+                                         r"cast with labels.astype\(int\) .* use "
                                          r"loss='categorical_crossentropy' "
                                          r"\(fnlearn.losses.categorical_crossentropy\)"):
         fit(y=Y.astype(np.float32))
