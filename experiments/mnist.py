@@ -92,11 +92,11 @@ def main(argv: list[str] | None = None) -> dict:
         args.out.mkdir(parents=True, exist_ok=True)
         predicted = np.argmax(fl.predict(model, state.params, x_test), axis=-1)
         matrix = fl.plots.confusion_matrix(y_test, predicted, 10)
-        paths = [fl.plots.plot_history(history, args.out / "training_curves.png"),
+        plots = [fl.plots.plot_history(history, args.out / "training_curves.png"),
                  fl.plots.plot_confusion_matrix(matrix, args.out / "confusion_matrix.png"),
                  fl.plots.plot_misclassified(x_test, y_test, predicted,
                                              args.out / "misclassified.png")]
-        print("Plots saved to " + ", ".join(str(p) for p in paths))
+        print("Plots saved to " + ", ".join(str(plot.path) for plot in plots))
     return {"test_accuracy": results["accuracy"], "history": history, "state": state,
             "source": data.source, "dataset": args.dataset, "seconds": fit_seconds}
 

@@ -50,6 +50,7 @@ from fnlearn.checkpoint import (
     CheckpointError,
     latest_checkpoint,
     restore_checkpoint,
+    restore_params,
     save_checkpoint,
 )
 from fnlearn.data import DataError, load_fashion_mnist, load_mnist
@@ -100,6 +101,7 @@ __all__ = [
     "plots",
     "predict",
     "restore_checkpoint",
+    "restore_params",
     "save_checkpoint",
     "sources",
     "tensors",

@@ -14,6 +14,7 @@ maximized, anything else minimized.
 
 from __future__ import annotations
 
+import difflib
 import math
 import warnings
 from pathlib import Path
@@ -37,12 +38,30 @@ def _is_better(monitor: str, mode: str):
     return lambda current, best, min_delta=0.0: current + min_delta < best
 
 
+def _logged_name(monitor: str, names) -> str | None:
+    """The logged name ``monitor`` refers to: itself, or Keras's ``acc`` alias of ``accuracy``."""
+    if monitor in names:
+        return monitor
+    if monitor == "acc" or monitor.endswith("_acc"):
+        alias = monitor[:-3] + "accuracy"
+        if alias in names:
+            return alias
+    return None
+
+
 def _monitored(monitor: str, logs: dict[str, float]) -> float:
-    if monitor not in logs:
-        hint = " (pass validation_data to fit)" if monitor.startswith("val_") else ""
+    name = _logged_name(monitor, logs)
+    if name is None:
+        close = difflib.get_close_matches(monitor, list(logs), n=1)
+        if monitor.startswith("val_") and not any(n.startswith("val_") for n in logs):
+            hint = " (pass validation_data to fit)"
+        elif close:
+            hint = f" (did you mean {close[0]!r}?)"
+        else:
+            hint = ""
         raise ValueError(f"monitored value {monitor!r} is not in the epoch's logs "
-                       f"{sorted(logs)}{hint}")
-    return logs[monitor]
+                         f"{sorted(logs)}{hint}")
+    return logs[name]
 
 
 class ModelCheckpoint:
@@ -116,13 +135,14 @@ class ModelCheckpoint:
                 raise ValueError(f"{latest} was saved within an epoch; resume it with "
                                  "ModelCheckpoint(..., save_every_steps=N)")
             self.restored_position = (int(meta["position"]), meta["sums"])
-        for value in history.history.get(self.monitor, []):
+        name = _logged_name(self.monitor, history.history)
+        for value in history.history.get(name, []) if name else []:
             if math.isnan(self.best) or self._better(value, self.best):
                 self.best = value
         within = (f", batch {self.restored_position[0]} of the epoch"
                   if self.restored_position else "")
-        self._say(f"resuming from {latest} (epoch {int(state.epoch)}, step {int(state.step)}"
-                  f"{within})")
+        self._say(f"resuming from {latest} ({int(state.epoch)} epochs done, "
+                  f"{int(state.step)} optimizer steps{within})")
         return state, history
 
     def on_epoch_end(self, epoch: int, state: TrainState, logs: dict[str, float],
@@ -206,8 +226,9 @@ class EarlyStopping:
         # A resumed run replays the restored history, so it stops where the
         # uninterrupted run would. Older best parameters were not saved: only the
         # restored state's can be recovered, when it is the best epoch.
-        if self.monitor in history.history:
-            for epoch, value in zip(history.epoch, history.history[self.monitor], strict=True):
+        name = _logged_name(self.monitor, history.history)
+        if name is not None:
+            for epoch, value in zip(history.epoch, history.history[name], strict=True):
                 self._update(epoch, value)
         if self.restore_best_weights and history.epoch and self.best_epoch == history.epoch[-1]:
             self.best_params = state.params

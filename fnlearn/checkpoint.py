@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -108,7 +109,10 @@ def save_checkpoint(directory: str | Path, state: TrainState, history: History |
     structure = describe_structure(state)
     meta = {"format": FORMAT, "version": VERSION, "epoch": epoch, "step": int(state.step),
             "structure": structure, "fingerprint": _fingerprint(structure),
-            "digest": _digest(state), "user": dict(metadata or {})}
+            "digest": _digest(state), "user": dict(metadata or {}),
+            # Digests of the subtrees restore_params reads alone.
+            "digests": {"params": _digest(state.params),
+                        "model_state": _digest(state.model_state)}}
     plain_history = {"history": history.history, "epoch": history.epoch,
                      "epoch_seconds": history.epoch_seconds}
     with _manager(directory, keep) as manager:
@@ -148,25 +152,63 @@ def _committed_steps(directory: str | Path) -> list[int]:
         return sorted(manager.all_steps())
 
 
+# Leaves listed one per line in a structure mismatch before the rest are counted.
+_MISMATCH_LINES = 8
+
+
 def _structure_mismatch(saved: list[list], expected: list[list]) -> str:
     saved_by_path = {path: (shape, dtype) for path, shape, dtype in saved}
     expected_by_path = {path: (shape, dtype) for path, shape, dtype in expected}
-    lines = []
-    missing = [p for p in expected_by_path if p not in saved_by_path]
-    extra = [p for p in saved_by_path if p not in expected_by_path]
-    if missing:
-        lines.append(f"  missing from the checkpoint: {', '.join(missing)}")
-    if extra:
-        lines.append(f"  in the checkpoint but not in the model: {', '.join(extra)}")
+    differences = [(p, "missing from the checkpoint") for p in expected_by_path
+                   if p not in saved_by_path]
+    differences += [(p, "in the checkpoint but not in the model") for p in saved_by_path
+                    if p not in expected_by_path]
     for path, (shape, dtype) in expected_by_path.items():
         if path in saved_by_path and saved_by_path[path] != (shape, dtype):
             saved_shape, saved_dtype = saved_by_path[path]
-            lines.append(f"  {path}: checkpoint has {tuple(saved_shape)} {saved_dtype}, "
-                         f"model expects {tuple(shape)} {dtype}")
+            differences.append((path, f"checkpoint has {tuple(saved_shape)} {saved_dtype}, "
+                                      f"model expects {tuple(shape)} {dtype}"))
+    # Another optimizer changes every .opt_state leaf (hundreds of lines): summarize them.
+    optimizer = [d for d in differences if d[0].startswith(".opt_state")]
+    others = [d for d in differences if not d[0].startswith(".opt_state")]
+    lines = [f"  {path}: {what}" for path, what in others[:_MISMATCH_LINES]]
+    if len(others) > _MISMATCH_LINES:
+        lines.append(f"  ... and {len(others) - _MISMATCH_LINES} more leaves")
+    if optimizer:
+        lines.append(f"  optimizer state differs (trained with another optimizer?): "
+                     f"{len(optimizer)} leaves, the first:")
+        lines += [f"    {path}: {what}" for path, what in optimizer[:3]]
     return "\n".join(lines)
 
 
+def _epoch_to_restore(directory: Path, epoch: int | None) -> tuple[int, Path]:
+    epochs = _committed_steps(directory) if directory.is_dir() else []
+    if epoch is None:
+        if not epochs:
+            raise CheckpointError(f"no checkpoint found in {directory}")
+        epoch = epochs[-1]
+    elif epoch not in epochs:
+        raise CheckpointError(f"no checkpoint for epoch {epoch} in {directory}; "
+                              f"available: {epochs or 'none'}")
+    return epoch, directory / str(epoch)
+
+
+def _read_meta(manager, epoch: int, path: Path) -> dict[str, Any]:
+    import orbax.checkpoint as ocp
+
+    try:
+        meta = manager.restore(epoch, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+            raise ValueError("its metadata is not an fnlearn checkpoint's")
+    except Exception as error:  # noqa: BLE001 - any read failure means a damaged checkpoint
+        raise CheckpointError(
+            f"checkpoint {path} is corrupt or truncated: cannot read its metadata "
+            f"({type(error).__name__}: {error})") from error
+    return meta
+
+
 def restore_checkpoint(directory: str | Path, template_state: TrainState,
+                       epoch: int | None = None, *,
                        step: int | None = None) -> tuple[TrainState, History, dict[str, Any]]:
     """Restores a checkpoint into the structure, shapes and devices of ``template_state``.
 
@@ -174,7 +216,9 @@ def restore_checkpoint(directory: str | Path, template_state: TrainState,
       directory: the run's checkpoint directory.
       template_state: a ``TrainState`` of the same model and optimizer (e.g. from
         ``fnlearn.init_state``); only its structure, shapes, dtypes and shardings are used.
-      step: the epoch whose checkpoint to restore; the latest if None.
+      epoch: restore the state after this many completed epochs (the checkpoint
+        ``<directory>/<epoch>``, whose ``state.epoch`` is ``epoch``); the latest if None.
+      step: deprecated name of ``epoch`` (it never meant ``state.step``).
 
     Returns:
       ``(state, history, metadata)``: the saved ``TrainState``, ``History`` and the
@@ -187,27 +231,18 @@ def restore_checkpoint(directory: str | Path, template_state: TrainState,
     """
     import orbax.checkpoint as ocp
 
+    if step is not None:
+        warnings.warn("restore_checkpoint(step=...) is deprecated: pass epoch=... (the "
+                      "number of completed epochs, not state.step)", DeprecationWarning,
+                      stacklevel=2)
+        if epoch is not None and epoch != step:
+            raise ValueError(f"pass epoch or its deprecated alias step, not both "
+                             f"(got epoch={epoch}, step={step})")
+        epoch = step
     directory = Path(directory)
-    steps = _committed_steps(directory) if directory.is_dir() else []
-    if step is None:
-        if not steps:
-            raise CheckpointError(f"no checkpoint found in {directory}")
-        step = steps[-1]
-    elif step not in steps:
-        raise CheckpointError(f"no checkpoint for epoch {step} in {directory}; "
-                              f"available: {steps or 'none'}")
-    path = directory / str(step)
+    epoch, path = _epoch_to_restore(directory, epoch)
     with _manager(directory) as manager:
-        try:
-            meta = manager.restore(step, args=ocp.args.Composite(
-                meta=ocp.args.JsonRestore())).meta
-            if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-                raise ValueError("its metadata is not an fnlearn checkpoint's")
-        except Exception as error:  # noqa: BLE001 - any read failure means a damaged checkpoint
-            raise CheckpointError(
-                f"checkpoint {path} is corrupt or truncated: cannot read its metadata "
-                f"({type(error).__name__}: {error})") from error
-
+        meta = _read_meta(manager, epoch, path)
         expected = describe_structure(template_state)
         if meta["fingerprint"] != _fingerprint(expected):
             raise CheckpointError(
@@ -216,7 +251,7 @@ def restore_checkpoint(directory: str | Path, template_state: TrainState,
 
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template_state)
         try:
-            restored = manager.restore(step, args=ocp.args.Composite(
+            restored = manager.restore(epoch, args=ocp.args.Composite(
                 state=ocp.args.StandardRestore(abstract), history=ocp.args.JsonRestore()))
             state, plain = restored.state, restored.history
             history = History(dict(plain["history"]), list(plain["epoch"]),
@@ -229,3 +264,59 @@ def restore_checkpoint(directory: str | Path, template_state: TrainState,
         raise CheckpointError(
             f"checkpoint {path} is corrupt: its arrays do not match the digest saved with them")
     return TrainState(*state), history, meta["user"]
+
+
+def restore_params(directory: str | Path, model, input_shape, *,
+                   epoch: int | None = None) -> tuple[Any, Any]:
+    """Restores only the parameters and model state of a checkpoint, for inference.
+
+    Reads the ``params`` and ``model_state`` subtrees alone (an Orbax partial
+    restore): the optimizer that trained them is neither needed nor read. Their
+    leaves are checked against ``model`` before reading, and their bytes against
+    the digest saved with them.
+
+    Args:
+      directory: the run's checkpoint directory.
+      model: the model the checkpoint was trained with (``fnlearn.nn``).
+      input_shape: its per-example input shape.
+      epoch: as for ``restore_checkpoint``; the latest if None.
+
+    Returns:
+      ``(params, model_state)``; ``model_state`` is ``{}`` for a model without any.
+
+    Raises:
+      CheckpointError: as for ``restore_checkpoint``.
+    """
+    import jax.numpy as jnp
+    import orbax.checkpoint as ocp
+
+    from fnlearn.nn.core import init_with_state
+
+    directory = Path(directory)
+    epoch, path = _epoch_to_restore(directory, epoch)
+    _, params, model_state = jax.eval_shape(
+        lambda: init_with_state(model, jax.random.key(0), tuple(input_shape)))
+    template = {"params": params, "model_state": model_state}
+    expected = [[f".{name}{p}", shape, dtype] for name in template
+                for p, shape, dtype in describe_structure(template[name])]
+    with _manager(directory) as manager:
+        meta = _read_meta(manager, epoch, path)
+        saved = [leaf for leaf in meta["structure"]
+                 if leaf[0].startswith((".params", ".model_state"))]
+        if sorted(map(str, saved)) != sorted(map(str, expected)):
+            raise CheckpointError(f"checkpoint {path} was saved from a different model:\n"
+                                  f"{_structure_mismatch(saved, expected)}")
+        try:
+            restored = manager.restore(epoch, args=ocp.args.Composite(
+                state=ocp.args.PyTreeRestore(
+                    template, restore_args=ocp.checkpoint_utils.construct_restore_args(template),
+                    partial_restore=True))).state
+        except Exception as error:  # noqa: BLE001
+            raise CheckpointError(f"checkpoint {path} is corrupt or truncated: cannot read its "
+                                  f"parameters ({type(error).__name__}: {error})") from error
+    restored = jax.tree.map(jnp.asarray, {name: restored[name] for name in template})
+    for name, digest in meta.get("digests", {}).items():
+        if _digest(restored[name]) != digest:
+            raise CheckpointError(f"checkpoint {path} is corrupt: its {name} do not match the "
+                                  "digest saved with them")
+    return restored["params"], restored["model_state"]

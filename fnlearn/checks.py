@@ -28,6 +28,10 @@ OPTIMIZERS: dict[str, Callable[[], optax.GradientTransformation]] = {
     "rmsprop": optim.keras_rmsprop,
 }
 
+# A softmax row this sure of one class, for most of the first batch, before any
+# training, means unscaled inputs (raw pixels give logits in the hundreds).
+SATURATED = 0.999
+LARGE_INPUT = 10.0
 _PROBABILITY_LOSSES = (losses_lib.sparse_categorical_crossentropy,
                        losses_lib.categorical_crossentropy)
 
@@ -162,12 +166,15 @@ def warn_if_not_probabilities(model: Layer, params, model_state, x: np.ndarray,
                               loss_fn) -> None:
     """Warns when a probability loss gets outputs that are not probabilities (logits, raw pixels).
 
-    Looks once at the outputs for the first 32 examples, on the host, before training.
+    Looks once at the outputs for the first 32 examples, on the host, before training:
+    outputs that are not probabilities, or probabilities that already put everything
+    on one class for inputs of large magnitude (raw 0..255 pixels through a softmax).
     """
     base = getattr(loss_fn, "func", loss_fn)
     if base not in _PROBABILITY_LOSSES or getattr(loss_fn, "keywords", {}).get("from_logits"):
         return
-    out = np.asarray(_outputs(params, model_state, jnp.asarray(x[:32]), model=model))
+    sample = x[:32]
+    out = np.asarray(_outputs(params, model_state, jnp.asarray(sample), model=model))
     if out.ndim < 2:
         return
     in_range = bool(np.all((out >= 0) & (out <= 1)))
@@ -180,3 +187,13 @@ def warn_if_not_probabilities(model: Layer, params, model_state, x: np.ndarray,
             "(Dense(..., activation='softmax')) or pass a loss with from_logits=True, e.g. "
             "functools.partial(fnlearn.losses.sparse_categorical_crossentropy, from_logits=True)",
             UserWarning, stacklevel=3)
+        return
+    saturated = int(np.sum(out.reshape(-1, out.shape[-1]).max(-1) >= SATURATED))
+    rows = out.size // out.shape[-1]
+    low, high = float(sample.min()), float(sample.max())
+    if saturated * 2 > rows and max(abs(low), abs(high)) > LARGE_INPUT:
+        warnings.warn(
+            f"{saturated} of the first {rows} examples already get probability >= {SATURATED} "
+            f"for one class before training, and the inputs range over [{low:.4g}, {high:.4g}]: "
+            "scale them first, e.g. fnlearn.nn.Normalize(0, 255) as the model's first layer "
+            "for 8-bit pixels (a saturated softmax barely learns)", UserWarning, stacklevel=3)

@@ -25,6 +25,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from fnlearn.checks import check_params
 from fnlearn.nn.core import Layer, apply
 
 FORMAT = "fnlearn-export"
@@ -63,6 +64,7 @@ def export_model(model: Layer, params, input_shape: Sequence[int], dtype, path: 
     Returns:
       The path written.
     """
+    check_params(params)
     spec = _batch_polymorphic_spec(input_shape, dtype)
     try:
         exported = jax.export.export(jax.jit(_inference_function(model, params, model_state)),
@@ -108,11 +110,12 @@ def _read(path: Path) -> tuple[jax.export.Exported, dict]:
             serialized = archive.read(MODULE_MEMBER)
     except FileNotFoundError:
         raise
-    except (zipfile.BadZipFile, KeyError, OSError, ValueError, EOFError) as error:
+    except Exception as error:  # noqa: BLE001 - damaged bytes surface as many types (zlib.error)
         raise ExportError(f"{path} is corrupt, truncated or not an fnlearn export: "
                           f"{type(error).__name__}: {error}") from error
-    if meta.get("format") != FORMAT:
-        raise ExportError(f"{path} is not an fnlearn export (format {meta.get('format')!r})")
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+        raise ExportError(f"{path} is not an fnlearn export (format {found!r})")
     try:
         return jax.export.deserialize(bytearray(serialized)), meta
     except Exception as error:  # noqa: BLE001

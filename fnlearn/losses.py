@@ -37,8 +37,8 @@ def check_sparse_labels(labels, predictions_shape: tuple[int, ...], num_classes:
     if not jnp.issubdtype(dtype, jnp.integer):
         raise ValueError(
             f"sparse_categorical_crossentropy needs integer class labels, got dtype {dtype}; "
-            "cast with labels.astype(int) if they are whole numbers, or use one-hot targets "
-            "with a categorical loss")
+            "cast with labels.astype(int) if they are whole numbers, or for one-hot targets "
+            "use loss='categorical_crossentropy' (fnlearn.losses.categorical_crossentropy)")
     shape = tuple(labels.shape)
     if shape != tuple(predictions_shape[:-1]) and shape != (*predictions_shape[:-1], 1):
         raise ValueError(

@@ -42,9 +42,17 @@ EpochSchedule = Callable[[jax.Array], jax.Array]
 
 
 def keras_adam(
-    learning_rate: float = 1e-3, beta_1: float = 0.9, beta_2: float = 0.999, epsilon: float = 1e-7
+    learning_rate: float | optax.Schedule = 1e-3, beta_1: float = 0.9, beta_2: float = 0.999,
+    epsilon: float = 1e-7
 ) -> optax.GradientTransformation:
-    """``keras.optimizers.Adam`` with its defaults and its placement of epsilon."""
+    """``keras.optimizers.Adam`` with its defaults and its placement of epsilon.
+
+    Args:
+      learning_rate: a float, or an Optax schedule of the step (as Keras's
+        ``LearningRateSchedule``); its current value is kept in
+        ``opt_state.hyperparams["learning_rate"]``.
+      beta_1, beta_2, epsilon: as Keras's.
+    """
 
     def keras_epsilon(count):
         # count is the number of updates already applied; Keras's t is count + 1.

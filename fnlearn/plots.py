@@ -1,15 +1,35 @@
 """Pictures of a training run: learning curves, a confusion matrix, misclassified examples.
 
-matplotlib is imported inside each function (with the non-interactive Agg
-backend), so ``import fnlearn`` does not pay for it.
+Each function writes its picture to a file and returns a ``Plot``: the path and
+the matplotlib ``Figure`` (closed in pyplot, so nothing accumulates, but still
+whole: show it in a notebook, save it again, or read its artists). matplotlib is
+imported inside each function (with the non-interactive Agg backend), so
+``import fnlearn`` does not pay for it.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import numpy as np
+
+
+class Plot(NamedTuple):
+    """A picture written to ``path``; ``figure`` is its matplotlib ``Figure``."""
+
+    path: Path
+    figure: Any
+
+
+def _names(class_names: Sequence[str] | None, count: int) -> list[str]:
+    if class_names is None:
+        return [str(i) for i in range(count)]
+    if len(class_names) < count:
+        raise ValueError(f"class_names has {len(class_names)} names for {count} classes")
+    return [str(name) for name in class_names]
 
 
 def _pyplot():
@@ -32,8 +52,11 @@ def confusion_matrix(labels: np.ndarray, predicted: np.ndarray, num_classes: int
     return matrix
 
 
-def plot_history(history, path: str | os.PathLike) -> Path:
-    """Loss and each metric per epoch, train and validation, one panel each."""
+def plot_history(history, path: str | os.PathLike) -> Plot:
+    """Loss and each metric per epoch, train and validation, one panel each.
+
+    The x axis counts epochs from 1, as the progress bar does (``Epoch 1/5``).
+    """
     plt = _pyplot()
     values = history.history
     names = [n for n in values if not n.startswith("val_")]
@@ -50,18 +73,26 @@ def plot_history(history, path: str | os.PathLike) -> Path:
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
-    return Path(path)
+    return Plot(Path(path), fig)
 
 
-def plot_confusion_matrix(matrix: np.ndarray, path: str | os.PathLike) -> Path:
-    """The confusion matrix as a heat map with the counts written in each cell."""
+def plot_confusion_matrix(matrix: np.ndarray, path: str | os.PathLike, *,
+                          class_names: Sequence[str] | None = None) -> Plot:
+    """The confusion matrix as a heat map with the counts written in each cell.
+
+    Args:
+      matrix: counts ``[true, predicted]`` (``confusion_matrix``).
+      path: the image file to write.
+      class_names: tick labels, one per class; the class ids if None.
+    """
     plt = _pyplot()
     classes = matrix.shape[0]
+    names = _names(class_names, classes)
     fig, ax = plt.subplots(figsize=(7, 6))
     image = ax.imshow(matrix, cmap="Blues")
     fig.colorbar(image, ax=ax)
-    ax.set_xticks(range(classes))
-    ax.set_yticks(range(classes))
+    ax.set_xticks(range(classes), names[:classes], rotation=45 if class_names else 0)
+    ax.set_yticks(range(classes), names[:classes])
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     threshold = matrix.max() / 2
@@ -72,13 +103,23 @@ def plot_confusion_matrix(matrix: np.ndarray, path: str | os.PathLike) -> Path:
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
-    return Path(path)
+    return Plot(Path(path), fig)
 
 
 def plot_misclassified(images: np.ndarray, labels: np.ndarray, predicted: np.ndarray,
-                       path: str | os.PathLike, max_images: int = 36) -> Path:
-    """A grid of the first misclassified images titled ``true -> predicted``."""
+                       path: str | os.PathLike, max_images: int = 36, *,
+                       class_names: Sequence[str] | None = None) -> Plot:
+    """A grid of the first misclassified images titled ``true -> predicted``.
+
+    Args:
+      images, labels, predicted: the examples, their classes and the predicted ones.
+      path: the image file to write.
+      max_images: at most this many images.
+      class_names: names to title the images with; the class ids if None.
+    """
     plt = _pyplot()
+    names = None if class_names is None else _names(
+        class_names, int(max(np.max(labels), np.max(predicted))) + 1)
     wrong = np.flatnonzero(np.asarray(labels) != np.asarray(predicted))[:max_images]
     columns = 6
     rows = max(1, -(-len(wrong) // columns))
@@ -87,9 +128,12 @@ def plot_misclassified(images: np.ndarray, labels: np.ndarray, predicted: np.nda
         ax.axis("off")
     for ax, index in zip(axes.flat, wrong):
         ax.imshow(images[index], cmap="gray_r")
-        ax.set_title(f"{labels[index]} -> {predicted[index]}", fontsize=9, color="firebrick")
-    fig.suptitle(f"Misclassified test digits (true -> predicted), first {len(wrong)}")
+        true, guess = labels[index], predicted[index]
+        if names is not None:
+            true, guess = names[int(true)], names[int(guess)]
+        ax.set_title(f"{true} -> {guess}", fontsize=9, color="firebrick")
+    fig.suptitle(f"Misclassified examples (true -> predicted), first {len(wrong)}")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
-    return Path(path)
+    return Plot(Path(path), fig)

@@ -114,7 +114,10 @@ def test_early_stopping_ends_fit_and_keeps_the_best_params():
 def test_early_stopping_replays_a_resumed_history(tmp_path):
     train(3, [ModelCheckpoint(tmp_path, verbose=0)])
     stopper = EarlyStopping(monitor="val_loss", patience=50)
-    _, history = train(3, [ModelCheckpoint(tmp_path, verbose=0), stopper], resume=True)
+    # The restored run is already at epoch 3: nothing is trained, and fit says so.
+    with pytest.warns(UserWarning, match="already at epoch 3 .* pass epochs=6 to train 3 more"):
+        _, history = train(3, [ModelCheckpoint(tmp_path, verbose=0), stopper], resume=True)
+    assert history.epoch == [0, 1, 2]
     values = history.history["val_loss"]
     assert stopper.best == min(values) and stopper.best_epoch == values.index(min(values))
 
@@ -129,3 +132,45 @@ def test_monitoring_a_value_that_is_not_logged_is_an_error():
         EarlyStopping(mode="minimum")
     with pytest.raises(ValueError, match="patience must be a non-negative int"):
         EarlyStopping(patience=-1)
+
+
+def test_keras_acc_monitors_watch_the_logged_accuracy(tmp_path):
+    by_alias = EarlyStopping(monitor="val_acc", patience=1)
+    by_name = EarlyStopping(monitor="val_accuracy", patience=1)
+    _, history = train(6, [by_alias])
+    train(6, [by_name])
+    assert "val_acc" not in history.history
+    assert (by_alias.best, by_alias.best_epoch, by_alias.stopped_epoch) == \
+        (by_name.best, by_name.best_epoch, by_name.stopped_epoch)
+    assert by_alias.best == max(history.history["val_accuracy"])
+    # ModelCheckpoint(save_best_only) with Keras's "acc" maximizes the training accuracy.
+    _, history = train(4, [ModelCheckpoint(tmp_path, keep=10, save_best_only=True, monitor="acc",
+                                           verbose=0)])
+    accuracy = history.history["accuracy"]
+    assert epochs_saved(tmp_path) == [e + 1 for e, v in enumerate(accuracy)
+                                      if v > max(accuracy[:e], default=-1)]
+
+
+def test_a_misspelled_monitor_gets_the_closest_logged_name():
+    with pytest.raises(ValueError, match=r"monitored value 'val_accurasy' is not in the epoch's "
+                                         r"logs \['accuracy', 'loss', 'val_accuracy', 'val_loss'\] "
+                                         r"\(did you mean 'val_accuracy'\?\)"):
+        train(2, [EarlyStopping(monitor="val_accurasy")])
+
+
+def test_epochs_are_counted_alike_by_history_callbacks_and_checkpoints(tmp_path):
+    """History.epoch and best_epoch are 0-based; checkpoint N holds the state after N epochs."""
+    # The loss falls every epoch, so "max" keeps epoch 0 as the best and stops after epoch 2.
+    stopper = EarlyStopping(monitor="loss", mode="max", patience=2, restore_best_weights=True)
+    state, history = train(8, [ModelCheckpoint(tmp_path, keep=10, verbose=0), stopper])
+    last = history.epoch[-1]
+    assert (stopper.best_epoch, last) == (0, 2)
+    assert history.epoch == list(range(last + 1)) and int(state.epoch) == last + 1
+    assert epochs_saved(tmp_path) == [e + 1 for e in history.epoch]
+    assert stopper.stopped_epoch == last
+    template = fnlearn.init_state(model(), optim.keras_adam(0.01), (4,))
+    best, best_history, _ = restore_checkpoint(tmp_path, template, epoch=stopper.best_epoch + 1)
+    assert int(best.epoch) == stopper.best_epoch + 1
+    assert best_history.epoch[-1] == stopper.best_epoch
+    assert all(np.array_equal(a, b) for a, b in
+               zip(jax.tree.leaves(best.params), jax.tree.leaves(stopper.best_params), strict=True))

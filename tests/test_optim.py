@@ -140,3 +140,41 @@ def test_train_step_calls_a_plain_gradient_transformation_without_the_epoch():
                               loss="mse", optimizer=plain)
     assert int(new.step) == 1 and not bool(logs["nonfinite"])
     assert float(jnp.abs(new.params["dense_0"]["bias"] - state.params["dense_0"]["bias"])[0]) > 0
+
+
+def test_keras_adam_takes_a_schedule():
+    schedule = optax.linear_schedule(1e-3, 1e-4, transition_steps=10)
+    by_schedule = optim.keras_adam(schedule)
+    state = by_schedule.init(jnp.zeros(3))
+    p = jnp.asarray([1.0, -2.0, 0.5])
+    for g in GRADS:
+        _, state = by_schedule.update(jnp.asarray(g), state, p)
+    # inject_hyperparams records the rate of the last update: schedule(count - 1).
+    np.testing.assert_allclose(state.hyperparams["learning_rate"], schedule(2), rtol=1e-6)
+    constant = run(optim.keras_adam(optax.constant_schedule(1e-3)), np.ones(3, np.float32))
+    np.testing.assert_array_equal(constant, run(optim.keras_adam(1e-3), np.ones(3, np.float32)))
+
+
+def test_training_md_schedule_snippet_runs_through_fit():
+    import re
+    from pathlib import Path
+
+    import fnlearn as fl
+    from fnlearn import nn
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "training.md").read_text()
+    snippet = next(block for block in re.findall(r"```python\n(.*?)```", text, re.S)
+                   if "cosine_decay_schedule" in block)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 4)).astype(np.float32)
+    y = (x[:, 0] > x[:, 1]).astype(np.int32)
+    scope = {"fl": fl, "x": x, "y": y,
+             "model": nn.serial(nn.Dense(16, "relu"), nn.Dense(2, "softmax"))}
+    exec(snippet, scope)  # noqa: S102 - the documented code, run as written
+    state, history, schedule = scope["state"], scope["history"], scope["schedule"]
+    steps = 10 * 7  # ceil(200 / 32) steps in each of 10 epochs
+    assert int(state.step) == steps and len(history.epoch) == 10
+    assert float(schedule(steps)) == 0.0 and float(schedule(0)) == np.float32(1e-3)
+    counts = [leaf for leaf in jax.tree.leaves(state.opt_state) if leaf.dtype == jnp.int32]
+    assert [int(c) for c in counts] == [steps, steps]  # adam's and the schedule's counts
+    assert history.history["loss"][-1] < 0.9 * history.history["loss"][0]

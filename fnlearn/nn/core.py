@@ -22,6 +22,7 @@ convention for both kinds, which is what the training step uses.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -56,8 +57,25 @@ class Layer:
     children: tuple[Layer, ...] = ()
     stateful: bool = False
 
+    def __post_init__(self):
+        # ``layer.init(0, shape)`` takes an int seed, as ``nn.init(layer, 0, shape)`` does.
+        object.__setattr__(self, "init", _seeded(self.init))
+
     def __iter__(self):
         return iter((self.init, self.apply))
+
+
+def _seeded(init_fn: Callable[..., tuple]) -> Callable[..., tuple]:
+    """``init_fn`` accepting an int seed or a raw key as well as a typed key."""
+    if getattr(init_fn, "accepts_seed", False):
+        return init_fn
+
+    @functools.wraps(init_fn)
+    def init(key, *args, **kwargs):
+        return init_fn(as_key(key), *args, **kwargs)
+
+    init.accepts_seed = True
+    return init
 
 
 def as_key(key: jax.Array | int, argument: str = "key") -> jax.Array:

@@ -26,8 +26,10 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
 
 def _activation(name: str | None) -> Callable[[jax.Array], jax.Array]:
     if name is not None and not isinstance(name, str):
+        what = (f"the function {getattr(name, '__name__', type(name).__name__)}"
+                if callable(name) else f"{type(name).__name__} {name!r}")
         raise TypeError(f"activation must be a name (one of {sorted(ACTIVATIONS)}) or None, "
-                        f"got {type(name).__name__} {name!r}")
+                        f"got {what}; pass its name, e.g. activation='relu'")
     name = name or "linear"
     if name not in ACTIVATIONS:
         raise ValueError(f"unknown activation {name!r}; choose one of {sorted(ACTIVATIONS)}")
