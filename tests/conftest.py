@@ -1,4 +1,8 @@
-"""Shared test settings: no test may reach the internet or the user's data cache."""
+"""Shared test settings: no test may reach the internet, the user's data cache or their
+compilation cache."""
+
+import os
+import tempfile
 
 import pytest
 
@@ -14,3 +18,13 @@ def no_public_downloads(monkeypatch, tmp_path_factory):
     """
     monkeypatch.setenv(download.MIRROR_ENV, "http://127.0.0.1:9/")
     monkeypatch.setenv(download.CACHE_ENV, str(tmp_path_factory.mktemp("fnlearn-cache")))
+
+
+def pytest_configure(config):
+    """Compiled programs go to a folder of this run, not the user's ``~/.cache/fnlearn/jax``.
+
+    A compilation cache shared with other processes and older versions is not what the
+    tests are about; each run starts empty (subprocesses inherit the folder).
+    """
+    if "FNLEARN_CACHE_DIR" not in os.environ and "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+        os.environ["FNLEARN_CACHE_DIR"] = tempfile.mkdtemp(prefix="fnlearn-test-jax-")
