@@ -212,7 +212,8 @@ def summary(model: Layer, input_shape: Sequence[int]) -> str:
     for name, layer in zip(names, layers):
         shape, params, state = _abstract_init(layer, key, shape)
         state_total += count_params(state)
-        rows.append((f"{name} ({layer.kind.capitalize()})",
+        kind = "".join(part.capitalize() for part in layer.kind.split("_")).replace("2d", "2D")
+        rows.append((f"{name} ({kind})",
                      f"(None, {', '.join(map(str, shape))})", count_params(params)))
     total = sum(r[2] for r in rows)
     widths = [max(len("Layer (type)"), *(len(r[0]) for r in rows)) + 2,
