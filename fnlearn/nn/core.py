@@ -72,7 +72,8 @@ def _seeded(init_fn: Callable[..., tuple]) -> Callable[..., tuple]:
 
     @functools.wraps(init_fn)
     def init(key, *args, **kwargs):
-        return init_fn(as_key(key), *args, **kwargs)
+        # None stays None: a layer without random parameters may be initialized without a key.
+        return init_fn(None if key is None else as_key(key), *args, **kwargs)
 
     init.accepts_seed = True
     return init
