@@ -28,3 +28,16 @@ def pytest_configure(config):
     """
     if "FNLEARN_CACHE_DIR" not in os.environ and "JAX_COMPILATION_CACHE_DIR" not in os.environ:
         os.environ["FNLEARN_CACHE_DIR"] = tempfile.mkdtemp(prefix="fnlearn-test-jax-")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def fresh_jax_caches():
+    """Drop the compiled programs of each test module when it ends.
+
+    A whole run compiles thousands of XLA programs; kept alive in one process their
+    code mappings pile up (the process ran out of them once, and crashed compiling).
+    """
+    yield
+    import jax
+
+    jax.clear_caches()
