@@ -106,6 +106,9 @@ def _single_host_worker() -> dict:
                                          and leaf.is_fully_replicated for leaf in leaves),
             "params_out_devices": sorted({len(leaf.sharding.device_set) for leaf in leaves}),
             "all_reduces": len(re.findall(r"all-reduce(?:-start)?\(", hlo)),
+            # What each all-reduce carries (its result type, layouts dropped).
+            "all_reduce_types": sorted(re.sub(r"\{[\d,]*\}", "", m) for m in re.findall(
+                r"= (\S.*?) all-reduce(?:-start)?\(", hlo)),
             # Rows of the forward matmuls (the backward ones are under transpose(...)):
             # the examples each device works on.
             "forward_rows": sorted({int(m.group(1)) for m in re.finditer(
@@ -227,7 +230,11 @@ def test_batch_is_split_and_gradients_all_reduced(single_host):
         if count == 1:
             assert run["all_reduces"] == 0
         else:
-            assert run["all_reduces"] >= 1, count
+            # docs/scaling.md: per step, one all-reduce of the four gradient leaves, one
+            # of the loss sum and the count of real examples, one of "any real row?".
+            assert run["all_reduces"] == 3, count
+            assert run["all_reduce_types"] == [
+                "(f32[32], f32[32,64], f32[10], f32[10,32])", "(f32[], f32[])", "pred[]"], count
 
 
 def test_batch_not_divisible_by_devices_is_refused(single_host):
