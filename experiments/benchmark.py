@@ -7,6 +7,9 @@ over rep i of fnlearn) before the median. The regression program (1000 full-batc
 timed against a PyTorch re-implementation of the reference program.
 
     python experiments/benchmark.py --data-dir DATA [--reps 3] [--out out/benchmark] [--quick]
+    python experiments/benchmark.py --convnet --data-dir DATA [--reps 3] [--steps 200]
+
+``--convnet`` runs the convnet recipes instead (``benchmark_convnet.py``).
 """
 
 import argparse
@@ -560,6 +563,12 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     Returns:
       The report that was written as JSON.
     """
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--convnet" in argv:
+        # The convnet section: its own contenders and options (benchmark_convnet.py).
+        from benchmark_convnet import main as convnet_main
+
+        return convnet_main([a for a in argv if a != "--convnet"])
     args = parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

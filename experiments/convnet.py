@@ -112,11 +112,11 @@ def main(argv: list[str] | None = None) -> dict:
         predicted = np.argmax(fl.predict(model, state.params, x_test,
                                          model_state=state.model_state), axis=-1)
         matrix = fl.plots.confusion_matrix(y_test, predicted, 10)
-        paths = [fl.plots.plot_history(history, out / "training_curves.png"),
+        plots = [fl.plots.plot_history(history, out / "training_curves.png"),
                  fl.plots.plot_confusion_matrix(matrix, out / "confusion_matrix.png"),
                  fl.plots.plot_misclassified(x_test[..., 0], y_test, predicted,
                                              out / "misclassified.png")]
-        print("Plots saved to " + ", ".join(str(p) for p in paths))
+        print("Plots saved to " + ", ".join(str(plot.path) for plot in plots))
     return {"test_accuracy": results["accuracy"], "history": history, "state": state,
             "source": data.source, "seconds": fit_seconds}
 

@@ -99,3 +99,37 @@ def test_full_mode_needs_data(monkeypatch):
     monkeypatch.delenv("FNLEARN_DATA_DIR", raising=False)
     with pytest.raises(SystemExit):
         benchmark.main(["--reps", "2"])
+
+
+def test_convnet_table_gives_medians_spreads_and_paired_ratios_to_pytorch():
+    import benchmark_convnet
+
+    def ok(steady, first):
+        return {"status": "ok", "steady_img_s": steady, "first_img_s": first}
+
+    runs = {"keras": {"fnlearn": [ok(300.0, 100.0), ok(600.0, 200.0), ok(900.0, 300.0)],
+                      "PyTorch": [ok(100.0, 90.0), ok(300.0, 90.0), ok(300.0, 90.0)]},
+            "torch": {"fnlearn": [{"status": "missing"}], "PyTorch": [ok(50.0, 40.0)]}}
+    text = benchmark_convnet.table(runs)
+    # Pair by pair: 3, 2, 3 -> median 3.00 (not the ratio of medians, 2.00).
+    assert "| keras | fnlearn | 600 (300-900) | 200 (100-300) | 3.00 |" in text
+    assert "| keras | PyTorch | 300 (100-300) | 90 (90-90) | 1.00 |" in text
+    assert "| torch | fnlearn | missing |  |  |" in text
+
+
+@pytest.mark.parametrize("script", ["fnlearn_convnet.py", "torch_convnet.py",
+                                    "jax_convnet.py"])
+def test_convnet_contenders_report_their_throughput(script, tmp_path):
+    if script == "torch_convnet.py":
+        pytest.importorskip("torch")
+    command = [sys.executable, str(EXPERIMENTS / "contenders" / script), "--recipe", "torch",
+               "--source", "sample", "--steps", "2", "--epochs", "2"]
+    env = {**os.environ, "PYTHONPATH": str(EXPERIMENTS.parent)}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                          env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    line = next(x for x in done.stdout.splitlines() if x.startswith("BENCH_RESULT "))
+    result = json.loads(line[len("BENCH_RESULT "):])
+    assert result["train_images"] == 2 * 64
+    assert len(result["epoch_seconds"]) == 2 and result["steady_img_s"] > 0
+    assert 0.0 <= result["val_accuracy"] <= 1.0
