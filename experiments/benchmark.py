@@ -551,6 +551,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.epochs = args.epochs or (1 if args.quick else 5)
     if not args.data_dir and not args.quick:
         parser.error("give --data-dir (or set FNLEARN_DATA_DIR) with the MNIST IDX gz files")
+    # Contenders run in a scratch folder: a relative data folder must not move with them.
+    args.data_dir = os.path.abspath(args.data_dir) if args.data_dir else None
     return args
 
 

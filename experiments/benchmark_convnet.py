@@ -88,7 +88,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--only", default=None, help="comma-separated contender names")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per run")
     parser.add_argument("--out", default="out/benchmark", help="folder for the md and json")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    # Contenders run in a scratch folder: a relative data folder must not move with them.
+    args.data_dir = os.path.abspath(args.data_dir) if args.data_dir else None
+    return args
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -111,6 +114,9 @@ def main(argv: list[str] | None = None) -> dict:
                     runs[recipe][name].append(run)
                     shown = (f"{run['steady_img_s']:,.0f} img/s" if run["status"] == "ok"
                              else run["status"])
+                    if run["status"] == "failed":
+                        lines = run["stderr"].strip().splitlines()
+                        shown += f": {lines[-1] if lines else 'no error output'}"
                     print(f"rep {rep}/{args.reps}  {recipe:<5} {name:<28} {shown}", flush=True)
     markdown = (f"Convnet recipes, {args.steps or 'all'} steps an epoch, {args.epochs} epochs, "
                 f"{args.reps} reps, {cpu_model()}, {os.cpu_count()} cores\n\n{table(runs)}")

@@ -101,6 +101,17 @@ def test_full_mode_needs_data(monkeypatch):
         benchmark.main(["--reps", "2"])
 
 
+def test_relative_data_dir_is_made_absolute_for_the_contenders(tmp_path, monkeypatch):
+    # Contenders run in a scratch folder, so a relative --data-dir must be resolved first.
+    import benchmark_convnet
+
+    monkeypatch.chdir(tmp_path)
+    want = str(tmp_path / "mnist")
+    assert benchmark.parse_args(["--data-dir", "mnist"]).data_dir == want
+    assert benchmark_convnet.parse_args(["--data-dir", "mnist"]).data_dir == want
+    assert benchmark_convnet.parse_args(["--data-dir", want]).data_dir == want
+
+
 def test_convnet_table_gives_medians_spreads_and_paired_ratios_to_pytorch():
     import benchmark_convnet
 
