@@ -100,6 +100,19 @@ def test_conv2d_on_cpu_lowers_to_products_not_a_convolution():
     assert "stablehlo.convolution" in reference.as_text()
 
 
+def test_conv2d_forward_is_tapwise_up_to_three_channels_and_a_product_above():
+    def forward_text(channels):
+        x, kernel = random(0, (2, 8, 8, channels)), random(1, (3, 3, channels, 4))
+        return jax.jit(lambda x, k: cpu_conv.conv2d(x, k)).lower(x, kernel).as_text()
+
+    assert cpu_conv.TAPWISE_CHANNELS == 3
+    for channels in (1, 3):
+        assert "stablehlo.dot_general" not in forward_text(channels)
+    assert "stablehlo.dot_general" in forward_text(4)
+    # The tapwise forward on an RGB-like input, with stride and padding, against lax.
+    assert_same_conv(random(2, (3, 10, 9, 3)), random(3, (3, 3, 3, 6)), strides=2, padding="same")
+
+
 def test_conv2d_exports_both_branches_for_several_platforms():
     x, kernel = random(0, (2, 8, 8, 3)), random(1, (3, 3, 3, 4))
     exported = jax.export.export(jax.jit(cpu_conv.conv2d), platforms=("cpu", "cuda"))(x, kernel)

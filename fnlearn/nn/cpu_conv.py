@@ -4,7 +4,9 @@ XLA's CPU convolution is several times slower than a matrix product of the same
 size, and its weight gradient slower still. ``conv2d`` lowers a 2-D convolution
 (NHWC activations, HWIO kernels) on CPU to im2col: the patches are strided
 slices of the padded input laid side by side, and the output is one product
-``patches @ kernel``. Its ``custom_vjp`` keeps the backward pass in products:
+``patches @ kernel`` (with at most three input channels, an image's first layer,
+the forward pass is instead one fused sum of taps times kernel rows). Its
+``custom_vjp`` keeps the backward pass in products:
 
 - kernel gradient: ``patches^T @ dY``, summed over the batch;
 - input gradient: ``dY @ kernel^T`` gives each patch's share, which col2im adds
@@ -38,6 +40,9 @@ DIMENSION_NUMBERS = ("NHWC", "HWIO", "NHWC")
 # Measured on a 2-core EPYC: blocks of 1-8 MB ran the MNIST convs 3-5x faster than
 # one product over the whole batch, 16 MB and more as slowly; see docs/performance.md.
 CHUNK_BYTES = 4 * 2**20
+# Up to this many input channels, the forward pass is a fused sum of elementwise
+# products (measured faster than im2col up to 3 channels; docs/performance.md).
+TAPWISE_CHANNELS = 3
 
 
 class Geometry(NamedTuple):
@@ -231,10 +236,32 @@ def _chunk(x: jax.Array, kernel: jax.Array, geom: Geometry) -> int:
     return chunk_size(x.shape[0], largest * x.dtype.itemsize)
 
 
+def _tapwise(x: jax.Array, kernel: jax.Array, geom: Geometry) -> jax.Array:
+    """The convolution as a sum of ``taps * kernel row`` products, one fused elementwise pass.
+
+    For very few input channels (an image's first layer) the patch matrix is
+    narrow and building it costs more than the product; this reads each tap once.
+    """
+    kh, kw, c, o = kernel.shape
+    rows = kernel.reshape(kh * kw, c, o)
+    total = None
+    for t, tap in enumerate(taps(pad_input(x, geom), geom)):
+        for ci in range(c):
+            term = tap[..., ci : ci + 1] * rows[t, ci]
+            total = term if total is None else total + term
+    return total
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def conv2d_cpu(x: jax.Array, kernel: jax.Array, geom: Geometry) -> jax.Array:
-    """The CPU lowering of ``conv2d``: chunked im2col and one product per chunk."""
+    """The CPU lowering of ``conv2d``: chunked im2col and one product per chunk.
+
+    With at most ``TAPWISE_CHANNELS`` input channels, the forward pass is a sum of
+    elementwise products instead (``_tapwise``).
+    """
     o = kernel.shape[3]
+    if kernel.shape[2] <= TAPWISE_CHANNELS:
+        return _tapwise(x, kernel, geom)
     matrix = kernel.reshape(-1, o)
 
     def forward(xs):
