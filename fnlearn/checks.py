@@ -8,7 +8,6 @@ compilation or a silent wrong answer. ``docs/errors.md`` lists every message.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
 from functools import partial
 
 import jax
@@ -20,13 +19,6 @@ from fnlearn import losses as losses_lib
 from fnlearn import optim
 from fnlearn.nn.core import Layer, apply
 from fnlearn.state import TrainState
-
-# Keras's optimizer strings, with Keras's defaults.
-OPTIMIZERS: dict[str, Callable[[], optax.GradientTransformation]] = {
-    "adam": optim.keras_adam,
-    "sgd": optim.keras_sgd,
-    "rmsprop": optim.keras_rmsprop,
-}
 
 # A softmax row this sure of one class, for most of the first batch, before any
 # training, means unscaled inputs (raw pixels give logits in the hundreds).
@@ -93,14 +85,11 @@ def check_seed(seed) -> int:
 def resolve_optimizer(optimizer) -> optax.GradientTransformation:
     """An Optax optimizer, or one of Keras's names (``"adam"``, ``"sgd"``, ``"rmsprop"``)."""
     if isinstance(optimizer, str):
-        if optimizer.lower() not in OPTIMIZERS:
-            raise ValueError(f"unknown optimizer {optimizer!r}; known names: "
-                             f"{sorted(OPTIMIZERS)}, or pass an Optax GradientTransformation")
-        return OPTIMIZERS[optimizer.lower()]()
+        return optim.get_optimizer(optimizer)
     if not (callable(getattr(optimizer, "init", None))
             and callable(getattr(optimizer, "update", None))):
         raise TypeError(f"optimizer must be an Optax GradientTransformation (e.g. "
-                        f"fnlearn.optim.keras_adam()) or a name {sorted(OPTIMIZERS)}, got "
+                        f"fnlearn.optim.keras_adam()) or a name {sorted(optim.OPTIMIZERS)}, got "
                         f"{type(optimizer).__name__}")
     return optimizer
 

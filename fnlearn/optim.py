@@ -31,6 +31,7 @@ logs as ``learning_rate``.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -179,3 +180,25 @@ def torch_adadelta(lr: float = 1.0, rho: float = 0.9, eps: float = 1e-6,
     parts.append(scale_by_epoch_schedule(schedule if schedule is not None
                                          else (lambda epoch: jnp.float32(lr))))
     return optax.chain(*parts)
+
+
+# Keras's optimizer strings, with Keras's defaults.
+OPTIMIZERS: dict[str, Callable[[], optax.GradientTransformation]] = {
+    "adam": keras_adam,
+    "sgd": keras_sgd,
+    "rmsprop": keras_rmsprop,
+}
+
+
+@functools.cache
+def get_optimizer(name: str) -> optax.GradientTransformation:
+    """The optimizer Keras builds for ``name`` (``"adam"``, ``"sgd"``, ``"rmsprop"``).
+
+    The same name gives the same object every time, so a second ``fit(...,
+    optimizer="adam")`` reuses the first one's compiled programs.
+    """
+    key = name.lower()
+    if key not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {name!r}; known names: {sorted(OPTIMIZERS)}, "
+                         "or pass an Optax GradientTransformation")
+    return OPTIMIZERS[key]()

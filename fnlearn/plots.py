@@ -1,10 +1,10 @@
 """Pictures of a training run: learning curves, a confusion matrix, misclassified examples.
 
 Each function writes its picture to a file and returns a ``Plot``: the path and
-the matplotlib ``Figure`` (closed in pyplot, so nothing accumulates, but still
-whole: show it in a notebook, save it again, or read its artists). matplotlib is
-imported inside each function (with the non-interactive Agg backend), so
-``import fnlearn`` does not pay for it.
+the matplotlib ``Figure``, made outside pyplot with its own Agg canvas (so nothing
+accumulates in pyplot and matplotlib's global backend is left alone): show it in a
+notebook, save it again, or read its artists. matplotlib is imported inside each
+function, so ``import fnlearn`` does not pay for it.
 """
 
 from __future__ import annotations
@@ -32,13 +32,14 @@ def _names(class_names: Sequence[str] | None, count: int) -> list[str]:
     return [str(name) for name in class_names]
 
 
-def _pyplot():
-    import matplotlib
+def figure(**kwargs):
+    """A matplotlib ``Figure`` drawn by the Agg canvas, outside pyplot: no global backend change."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    fig = Figure(**kwargs)
+    FigureCanvasAgg(fig)
+    return fig
 
 
 def confusion_matrix(labels: np.ndarray, predicted: np.ndarray, num_classes: int) -> np.ndarray:
@@ -57,11 +58,11 @@ def plot_history(history, path: str | os.PathLike) -> Plot:
 
     The x axis counts epochs from 1, as the progress bar does (``Epoch 1/5``).
     """
-    plt = _pyplot()
     values = history.history
     names = [n for n in values if not n.startswith("val_")]
     epochs = np.arange(1, len(values[names[0]]) + 1)
-    fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 4), squeeze=False)
+    fig = figure(figsize=(5 * len(names), 4))
+    axes = fig.subplots(1, len(names), squeeze=False)
     for ax, name in zip(axes[0], names):
         ax.plot(epochs, values[name], "o-", label=f"train {name}")
         if f"val_{name}" in values:
@@ -72,7 +73,6 @@ def plot_history(history, path: str | os.PathLike) -> Plot:
         ax.legend()
     fig.tight_layout()
     fig.savefig(path)
-    plt.close(fig)
     return Plot(Path(path), fig)
 
 
@@ -85,10 +85,10 @@ def plot_confusion_matrix(matrix: np.ndarray, path: str | os.PathLike, *,
       path: the image file to write.
       class_names: tick labels, one per class; the class ids if None.
     """
-    plt = _pyplot()
     classes = matrix.shape[0]
     names = _names(class_names, classes)
-    fig, ax = plt.subplots(figsize=(7, 6))
+    fig = figure(figsize=(7, 6))
+    ax = fig.subplots()
     image = ax.imshow(matrix, cmap="Blues")
     fig.colorbar(image, ax=ax)
     ax.set_xticks(range(classes), names[:classes], rotation=45 if class_names else 0)
@@ -102,7 +102,6 @@ def plot_confusion_matrix(matrix: np.ndarray, path: str | os.PathLike, *,
     ax.set_title(f"Confusion matrix ({matrix.trace()} of {matrix.sum()} correct)")
     fig.tight_layout()
     fig.savefig(path)
-    plt.close(fig)
     return Plot(Path(path), fig)
 
 
@@ -117,13 +116,13 @@ def plot_misclassified(images: np.ndarray, labels: np.ndarray, predicted: np.nda
       max_images: at most this many images.
       class_names: names to title the images with; the class ids if None.
     """
-    plt = _pyplot()
     names = None if class_names is None else _names(
         class_names, int(max(np.max(labels), np.max(predicted))) + 1)
     wrong = np.flatnonzero(np.asarray(labels) != np.asarray(predicted))[:max_images]
     columns = 6
     rows = max(1, -(-len(wrong) // columns))
-    fig, axes = plt.subplots(rows, columns, figsize=(columns * 1.6, rows * 1.8), squeeze=False)
+    fig = figure(figsize=(columns * 1.6, rows * 1.8))
+    axes = fig.subplots(rows, columns, squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, index in zip(axes.flat, wrong):
@@ -135,5 +134,4 @@ def plot_misclassified(images: np.ndarray, labels: np.ndarray, predicted: np.nda
     fig.suptitle(f"Misclassified examples (true -> predicted), first {len(wrong)}")
     fig.tight_layout()
     fig.savefig(path)
-    plt.close(fig)
     return Plot(Path(path), fig)

@@ -6,7 +6,7 @@ import tempfile
 
 import pytest
 
-from fnlearn import download
+from fnlearn.data import download
 
 
 @pytest.fixture(autouse=True)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from fnlearn import data
+from fnlearn.data import datasets
 
 FULL_MNIST = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "mnist"
 
@@ -257,14 +258,14 @@ def test_auto_offline_fashion_mnist_has_no_sample_to_fall_back_to(offline):
 def test_tfds_adapter_on_mock_data(monkeypatch, tmp_path, has_tensorflow):
     tfds = pytest.importorskip("tensorflow_datasets")
     pytest.importorskip("tensorflow")  # mock_data builds its examples with TensorFlow
-    monkeypatch.setattr(data, "_tensorflow_available", lambda: has_tensorflow)
+    monkeypatch.setattr(datasets, "tensorflow_available", lambda: has_tensorflow)
     if not has_tensorflow:
         # Without TensorFlow only an existing cache can be read, so pretend there is one (mock_data
         # reports datasets as not prepared, and its download_and_prepare is a no-op).
         monkeypatch.setattr(tfds.core.DatasetBuilder, "is_prepared", lambda self: True)
     # mock_data serves both readers, so make sure the one that must not be used is not.
-    unused = "_read_tfds_dataset" if not has_tensorflow else "_read_tfds_data_source"
-    monkeypatch.setattr(data, unused, lambda *args: pytest.fail(f"{unused} was used"))
+    unused = "read_tfds_dataset" if not has_tensorflow else "read_tfds_data_source"
+    monkeypatch.setattr(datasets, unused, lambda *args: pytest.fail(f"{unused} was used"))
     with tfds.testing.mock_data(num_examples=7):
         dataset = data.load_mnist("tfds", tmp_path)
     (x_train, y_train), (x_test, y_test) = dataset
@@ -287,7 +288,7 @@ def test_auto_uses_a_tfds_cache_before_the_sample(offline, monkeypatch, tmp_path
 
 def test_tfds_without_tensorflow_says_preparing_needs_it(monkeypatch, tmp_path):
     pytest.importorskip("tensorflow_datasets")
-    monkeypatch.setattr(data, "_tensorflow_available", lambda: False)
+    monkeypatch.setattr(datasets, "tensorflow_available", lambda: False)
     with pytest.raises(data.DataError, match="needs TensorFlow to prepare") as error:
         data.load_mnist("tfds", tmp_path)
     assert str(tmp_path) in str(error.value)

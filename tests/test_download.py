@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fnlearn import data, download
+from fnlearn import data
+from fnlearn.data import download
 
 FULL_MNIST = Path(
     os.environ.get(data.DATA_DIR_ENV)

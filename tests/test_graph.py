@@ -9,11 +9,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fnlearn import graph as graph_lib
-from fnlearn import graph_picture
 from fnlearn.graph import (
     GraphvizNotFoundError,
     cost_analysis,
+    drawing,
     hlo_text,
     render,
     stablehlo_text,
@@ -137,7 +136,7 @@ def test_render_writes_png_with_or_without_graphviz(monkeypatch, tmp_path):
     graph = trace(add, 2.0, 3.0, output_names=["c"])
     path = render(graph, tmp_path / "sub" / "graph.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    monkeypatch.setattr(graph_lib.shutil, "which", lambda name: None)
+    monkeypatch.setattr(shutil, "which", lambda name: None)
     path = render(graph, tmp_path / "no_dot.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -155,7 +154,7 @@ def test_matplotlib_picture_shows_the_dot_labels(tmp_path):
 
 def test_layers_put_every_edge_left_to_right():
     graph = trace(jax.grad(mean_of_squares), jnp.array([1.0, 2.0, 3.0]))
-    columns = graph_picture.layers(graph)
+    columns = drawing.layers(graph)
     column_of = {name: i for i, column in enumerate(columns) for name in column}
     assert sorted(column_of) == sorted(node.name for node in graph.nodes)
     assert columns[0] == [n.name for n in graph.nodes if not n.inputs]
@@ -171,7 +170,7 @@ def test_render_errors_name_the_problem(monkeypatch, tmp_path):
         render(graph, tmp_path / "graph.jpg")
     with pytest.raises(ValueError, match="engine must be"):
         render(graph, tmp_path / "graph.png", engine="tikz")
-    monkeypatch.setattr(graph_lib.shutil, "which", lambda name: None)
+    monkeypatch.setattr(shutil, "which", lambda name: None)
     with pytest.raises(GraphvizNotFoundError, match="apt-get install graphviz"):
         render(graph, tmp_path / "graph.png", engine="graphviz")
     assert not (tmp_path / "graph.png").exists()

@@ -7,8 +7,8 @@
   weights and BatchNorm statistics, comparing layer kinds in order.
 - ``importer``: ``from_torch``/``from_keras`` import a live model in one call, with its
   weights and a report of how closely it computes its source's function.
-- ``layers``: one registered entry per fnlearn layer kind. ``graphs``: a model as a
-  chain of ops, read from PyTorch with ``torch.fx`` and from Keras's layers.
+- ``registry``: one registered entry per fnlearn layer kind (what both converters share).
+  ``graphs``: a model as a chain of ops, read from PyTorch with ``torch.fx`` and from Keras.
 
 PyTorch and TensorFlow are imported only inside the functions that need them.
 """
@@ -35,7 +35,7 @@ from fnlearn.parity.convert import (
 )
 from fnlearn.parity.graphs import keras_ops, torch_ops
 from fnlearn.parity.importer import Imported, Report, from_keras, from_torch
-from fnlearn.parity.layers import REGISTRY, register
+from fnlearn.parity.registry import REGISTRY, register
 
 __all__ = [
     "REGISTRY", "Comparison", "Imported", "Report", "align", "assert_close",

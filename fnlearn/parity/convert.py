@@ -6,7 +6,7 @@ build the network an fnlearn model computes. ``variables_to_torch`` /
 The two models are walked together as chains of ops (``graphs``): their kinds are
 compared in order, activations included (dropout and normalization aside), so a
 port that lost a ``tanh`` is refused naming both sides, and every shape is checked
-before anything is copied. The per-kind work lives in ``layers.REGISTRY``.
+before anything is copied. The per-kind work lives in ``registry.REGISTRY``.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 import jax
 
 from fnlearn.nn.core import Layer, init_with_state
-from fnlearn.parity import layers as registry
+from fnlearn.parity import registry
 from fnlearn.parity.graphs import (
     IGNORED_KINDS,
     Op,
@@ -56,27 +56,6 @@ def walk(model: Layer, input_shape: Sequence[int]) -> list[Step]:
         jax.eval_shape(run, key)
         shape = tuple(int(d) for d in out["shape"])
     return steps
-
-
-def torch_normalize(mean: float, std: float):
-    """A ``torch.nn.Module`` computing ``(x - mean) / std`` in float32, as ``nn.Normalize``."""
-    torch = import_torch()
-
-    class Normalize(torch.nn.Module):
-        """``(x - mean) / std`` in float32, as fnlearn's ``Normalize``."""
-
-        def __init__(self):
-            super().__init__()
-            self.mean, self.std = mean, std
-
-        def forward(self, x):
-            x = x.to(torch.float32)
-            # Divide (not multiply by 1/std) and skip a zero mean: fnlearn does, bit for bit.
-            if self.mean != 0:
-                x = x - self.mean
-            return x / self.std
-
-    return Normalize()
 
 
 def to_torch_module(model: Layer, input_shape: Sequence[int], params: Params | None = None,

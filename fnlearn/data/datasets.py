@@ -16,8 +16,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from fnlearn import download
-from fnlearn.idx import (
+from fnlearn.data import download
+from fnlearn.data.idx import (
     FILE_NAMES,
     IMAGE_MAGIC,
     LABEL_MAGIC,
@@ -70,7 +70,7 @@ FASHION_MNIST_MIRRORS = (
     "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
 )
 
-ASSETS_DIR = Path(__file__).parent / "assets"
+ASSETS_DIR = Path(__file__).parent.parent / "assets"
 # The shipped sample is four gzipped IDX files named "<prefix><standard name>.gz" in ASSETS_DIR.
 MNIST_SAMPLE_PREFIX = "mnist-sample-"
 
@@ -383,7 +383,7 @@ def _load_tfds(
         raise DataError(
             "source='tfds' needs tensorflow-datasets: pip install tensorflow-datasets"
         ) from error
-    has_tensorflow = _tensorflow_available()
+    has_tensorflow = tensorflow_available()
     builder = tfds.builder(spec.name, data_dir=data_dir)
     where = f"tensorflow-datasets' {spec.name} in {builder.data_dir}"
     if not builder.is_prepared():
@@ -405,9 +405,9 @@ def _load_tfds(
     # ArrayRecord files (what tfds.data_source prepares) are read by random access, without
     # TensorFlow; tfds' default TFRecord files only through tf.data.
     if builder.info.file_format.value == "array_record" or not has_tensorflow:
-        read_split = _read_tfds_data_source
+        read_split = read_tfds_data_source
     else:
-        read_split = _read_tfds_dataset
+        read_split = read_tfds_dataset
     try:
         arrays = {split: read_split(builder, split) for split in ("train", "test")}
     except Exception as error:  # from tfds, TF or array_record
@@ -416,11 +416,13 @@ def _load_tfds(
     return tuple(_checked_split(*arrays[split], split, where, where) for split in arrays)
 
 
-def _tensorflow_available() -> bool:
+def tensorflow_available() -> bool:
+    """Whether TensorFlow is installed (tfds needs it to prepare a dataset, not to read one)."""
     return importlib.util.find_spec("tensorflow") is not None
 
 
-def _read_tfds_dataset(builder, split: str) -> tuple[np.ndarray, np.ndarray]:
+def read_tfds_dataset(builder, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(images, labels)`` of a prepared tfds split, read through ``tf.data`` (needs TensorFlow)."""
     import tensorflow_datasets as tfds
 
     # Fixed-size batches rather than batch_size=-1: the latter also breaks under tfds' mock_data.
@@ -430,7 +432,8 @@ def _read_tfds_dataset(builder, split: str) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate([x for x, _ in batches]), np.concatenate([y for _, y in batches])
 
 
-def _read_tfds_data_source(builder, split: str) -> tuple[np.ndarray, np.ndarray]:
+def read_tfds_data_source(builder, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(images, labels)`` of a prepared tfds split, read as a random-access data source."""
     source = builder.as_data_source(split=split)
     examples = [source[i] for i in range(len(source))]
     images = np.stack([example["image"] for example in examples])

@@ -23,6 +23,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from fnlearn.parity.compare import to_numpy
+from fnlearn.parity.graphs import import_torch
 
 
 class Entry(NamedTuple):
@@ -77,8 +78,28 @@ def pairs(padding, kernel, strides, dilation, shape) -> tuple[tuple[int, int], .
 # --- layers without weights ---------------------------------------------------------------
 
 
+def torch_normalize(mean: float, std: float):
+    """A ``torch.nn.Module`` computing ``(x - mean) / std`` in float32, as ``nn.Normalize``."""
+    torch = import_torch()
+
+    class Normalize(torch.nn.Module):
+        """``(x - mean) / std`` in float32, as fnlearn's ``Normalize``."""
+
+        def __init__(self):
+            super().__init__()
+            self.mean, self.std = mean, std
+
+        def forward(self, x):
+            x = x.to(torch.float32)
+            # Divide (not multiply by 1/std) and skip a zero mean: fnlearn does, bit for bit.
+            if self.mean != 0:
+                x = x - self.mean
+            return x / self.std
+
+    return Normalize()
+
+
 def _normalize_torch(layer, shape):
-    from fnlearn.parity.convert import torch_normalize
     return [torch_normalize(layer.config["mean"], layer.config["std"])]
 
 
@@ -115,7 +136,6 @@ for _kind in ACTIVATION_KINDS:
 
 
 def _torch():
-    from fnlearn.parity.graphs import import_torch
     return import_torch()
 
 

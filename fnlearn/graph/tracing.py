@@ -19,11 +19,8 @@ from __future__ import annotations
 
 import inspect
 import re
-import shutil
-import subprocess
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any
 
 import jax
@@ -265,92 +262,6 @@ def _output_names(out_shape: Any, output_names: Sequence[str] | None) -> list[st
         raise ValueError(f"output_names must be a sequence of {len(paths)} name(s), one per "
                          f"output leaf; got {output_names!r}")
     return list(output_names)
-
-
-_DOT_STYLE = {
-    "input": 'shape=ellipse, style=filled, fillcolor="#dbeafe"',
-    "constant": 'shape=box, style=filled, fillcolor="#e5e7eb"',
-    "operation": 'shape=box, style="rounded,filled", fillcolor="#fef3c7"',
-    "output": 'shape=box, style="rounded,filled", peripheries=2, fillcolor="#dcfce7"',
-}
-
-
-def to_dot(graph: Graph, title: str = "graph") -> str:
-    """Return the graph as Graphviz DOT source: one box per node, one arrow per data edge.
-
-    Args:
-      graph: a ``Graph`` from ``trace``.
-      title: the DOT graph's label.
-
-    Returns:
-      DOT text, renderable with ``dot -Tpng`` (see ``render``).
-    """
-    ids = {node.name: f"n{i}" for i, node in enumerate(graph.nodes)}
-    lines = [f'digraph "{_escape(title)}" {{', "  rankdir=LR;",
-             '  node [fontname="Helvetica", fontsize=11];']
-    for node in graph.nodes:
-        text = "\\n".join(_escape(part) for part in node_label(node))
-        lines.append(f'  {ids[node.name]} [label="{text}", {_DOT_STYLE[node.kind]}];')
-    for node in graph.nodes:
-        lines += [f"  {ids[source]} -> {ids[node.name]};" for source in node.inputs]
-    lines.append("}")
-    return "\n".join(lines) + "\n"
-
-
-def node_label(node: Node) -> list[str]:
-    """The lines a picture shows for a node: name, op, small values, dtype and shape."""
-    label = [node.name] + ([node.op] if node.op and node.op != node.name else [])
-    if node.value is not None and node.value.size <= 4:
-        label.append(format_value(node.value))
-    return label + [f"{node.dtype}{list(node.shape)}"]
-
-
-def _escape(text: str) -> str:
-    return text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-
-class GraphvizNotFoundError(RuntimeError):
-    """Raised by ``render`` when the Graphviz ``dot`` program is not installed."""
-
-
-def render(graph: Graph, path: str | Path, engine: str = "auto") -> Path:
-    """Draw the graph to an image file, with Graphviz's ``dot`` or, without it, matplotlib.
-
-    Both draw the same boxes and labels (see ``to_dot``), inputs on the left, outputs on the
-    right; ``dot`` routes the arrows more neatly.
-
-    Args:
-      graph: a ``Graph`` from ``trace``.
-      path: output file; its suffix picks the format (.png, .svg or .pdf).
-      engine: "graphviz", "matplotlib", or "auto" (Graphviz if ``dot`` is on PATH).
-
-    Returns:
-      The path written.
-
-    Raises:
-      GraphvizNotFoundError: ``engine="graphviz"`` and ``dot`` is not on PATH.
-    """
-    path = Path(path)
-    fmt = path.suffix.lstrip(".").lower()
-    if fmt not in ("png", "svg", "pdf"):
-        raise ValueError(f"render writes .png, .svg or .pdf files, got {str(path)!r}")
-    if engine not in ("auto", "graphviz", "matplotlib"):
-        raise ValueError(f"engine must be 'auto', 'graphviz' or 'matplotlib', got {engine!r}")
-    dot = shutil.which("dot") if engine != "matplotlib" else None
-    if dot is None and engine == "graphviz":
-        raise GraphvizNotFoundError("Graphviz 'dot' program not found: install it with "
-                                    "`apt-get install graphviz` or `brew install graphviz`, "
-                                    "or use engine='matplotlib'")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if dot is None:
-        from fnlearn.graph_picture import draw
-
-        return draw(graph, path)
-    done = subprocess.run([dot, f"-T{fmt}", "-o", str(path)], input=to_dot(graph),
-                          text=True, capture_output=True, check=False)
-    if done.returncode != 0:
-        raise RuntimeError(f"dot failed writing {path}: {done.stderr.strip()}")
-    return path
 
 
 def stablehlo_text(fn: Callable, *example_args: Any) -> str:

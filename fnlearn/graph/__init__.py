@@ -1,0 +1,21 @@
+"""The static graph of a pure function: traced into nodes (``tracing``), drawn (``drawing``).
+
+- ``tracing``: ``trace`` (a ``Graph`` of ``Node`` values with shapes, dtypes and, for
+  concrete arguments, values), ``stablehlo_text``, ``hlo_text``, ``cost_analysis``.
+- ``drawing``: ``to_dot`` (Graphviz DOT text) and ``render`` (PNG/SVG/PDF by Graphviz's
+  ``dot``, or by matplotlib's ``draw`` without it).
+"""
+
+from fnlearn.graph.drawing import GraphvizNotFoundError, draw, node_label, render, to_dot
+from fnlearn.graph.tracing import (
+    Graph,
+    Node,
+    cost_analysis,
+    format_value,
+    hlo_text,
+    stablehlo_text,
+    trace,
+)
+
+__all__ = ["Graph", "GraphvizNotFoundError", "Node", "cost_analysis", "draw", "format_value",
+           "hlo_text", "node_label", "render", "stablehlo_text", "to_dot", "trace"]
