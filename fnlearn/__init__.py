@@ -56,13 +56,17 @@ from fnlearn.checkpoint import (
 from fnlearn.data import DataError, load_fashion_mnist, load_mnist
 from fnlearn.export import ExportError, export_model, export_saved_model, load_exported
 from fnlearn.logging import CSVLogger, TensorBoard
+from fnlearn.loop.hooks import Callback
+from fnlearn.objectives import Batch, masked_mean
 from fnlearn.state import History, NonFiniteLossError, TrainState
-from fnlearn.step import epoch_batches, train_epoch, train_step
-from fnlearn.train import evaluate, fit, init_state, predict
+from fnlearn.step import apply_gradients, epoch_batches, init_state, train_epoch, train_step
+from fnlearn.train import evaluate, fit, predict
 
 __all__ = [
     "__version__",
+    "Batch",
     "CSVLogger",
+    "Callback",
     "CheckpointError",
     "DataError",
     "EarlyStopping",
@@ -72,6 +76,7 @@ __all__ = [
     "NonFiniteLossError",
     "TensorBoard",
     "TrainState",
+    "apply_gradients",
     "autodiff",
     "callbacks",
     "checkpoint",
@@ -94,6 +99,7 @@ __all__ = [
     "load_mnist",
     "logging",
     "losses",
+    "masked_mean",
     "models",
     "nn",
     "optim",

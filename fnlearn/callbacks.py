@@ -1,12 +1,14 @@
-"""Keras-style callbacks for ``fit``: ``ModelCheckpoint`` and ``EarlyStopping``.
+"""Keras-style callbacks for ``fit``: checkpoints, early stopping, learning-rate control.
 
-``fit`` calls, on each callback that has them, ``on_train_begin(state, history,
-resume)`` (a returned ``(state, history)`` is where training starts), then
-``on_epoch_end(epoch, state, logs, history)`` after every epoch (``True`` stops
-training) and ``on_train_end(state, history)``. Callbacks run in list order and
-each sees what the previous one returned, so put ``ModelCheckpoint`` first: an
-``EarlyStopping`` after it then rebuilds its counters from the restored history
-and a resumed run stops where the uninterrupted one would have.
+Each is a ``fnlearn.Callback`` (``fnlearn.loop.hooks`` lists the hooks). Callbacks run
+in list order and each sees what the previous one returned, so put ``ModelCheckpoint``
+first: an ``EarlyStopping`` after it then rebuilds its counters from the restored
+history and a resumed run stops where the uninterrupted one would have.
+
+``LearningRateScheduler`` and ``ReduceLROnPlateau`` set the learning rate kept in the
+optimizer state (``optax.inject_hyperparams``, as ``fnlearn.optim.keras_adam`` and the
+Keras optimizer names build it) before an epoch, between compiled calls: no
+recompilation.
 
 ``mode="auto"`` follows Keras: a monitored name containing ``"acc"`` is
 maximized, anything else minimized.
@@ -20,12 +22,17 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import jax
+import numpy as np
+
+from fnlearn import optim
 from fnlearn.checkpoint import (
     delete_checkpoints,
     latest_checkpoint,
     restore_checkpoint,
     save_checkpoint,
 )
+from fnlearn.loop.hooks import Callback
 from fnlearn.state import History, TrainState
 
 
@@ -64,7 +71,7 @@ def _monitored(monitor: str, logs: dict[str, float]) -> float:
     return logs[name]
 
 
-class ModelCheckpoint:
+class ModelCheckpoint(Callback):
     """Saves the training state after every epoch and restores it when ``fit(resume=True)``.
 
     Args:
@@ -78,15 +85,13 @@ class ModelCheckpoint:
         ``directory`` instead of refusing to mix two runs in one directory.
       verbose: 1 prints what was restored or saved, 0 is silent.
       save_every_steps: also save every this many batches within an epoch (as
-        Keras's ``BackupAndRestore(save_freq=...)``), with the position in the epoch,
-        so a resumed run continues from the middle of the epoch. Checkpoints are then
-        numbered by ``state.step``. ``fit`` streams the data in calls that end at
-        these points (``fnlearn.stream_fit``).
-
-    Attributes:
-      restored_position: after a resume, ``(batches done in the epoch, their summed
-        loss and metrics)`` from a mid-epoch checkpoint, or None.
+        Keras's ``BackupAndRestore(save_freq=...)``), with the position in the epoch
+        (``History.in_progress``), so a resumed run continues from the middle of the
+        epoch. Checkpoints are then numbered by ``state.step``. The epoch runs in
+        compiled calls that end at these points.
     """
+
+    restores_runs = True
 
     def __init__(self, directory: str | Path, keep: int = 3, save_best_only: bool = False,
                  monitor: str = "val_loss", mode: str = "auto", overwrite: bool = False,
@@ -102,7 +107,7 @@ class ModelCheckpoint:
             raise ValueError("save_every_steps saves within epochs, where nothing is monitored; "
                              "it cannot be combined with save_best_only")
         self.save_every_steps = save_every_steps
-        self.restored_position: tuple[int, list] | None = None
+        self.batch_frequency = save_every_steps
         self.directory = Path(directory)
         self.keep = keep
         self.save_best_only = save_best_only
@@ -115,7 +120,6 @@ class ModelCheckpoint:
     def on_train_begin(self, state: TrainState, history: History,
                        resume: bool) -> tuple[TrainState, History] | None:
         self.best = math.nan
-        self.restored_position = None
         latest = latest_checkpoint(self.directory)
         if not resume:
             if latest is not None and not self.overwrite:
@@ -129,18 +133,16 @@ class ModelCheckpoint:
         if latest is None:
             self._say(f"no checkpoint in {self.directory}: starting from scratch")
             return None
-        state, history, meta = restore_checkpoint(self.directory, state)
-        if meta.get("position"):
-            if not self.save_every_steps:
-                raise ValueError(f"{latest} was saved within an epoch; resume it with "
-                                 "ModelCheckpoint(..., save_every_steps=N)")
-            self.restored_position = (int(meta["position"]), meta["sums"])
+        state, history, _ = restore_checkpoint(self.directory, state)
+        if history.in_progress and not self.save_every_steps:
+            raise ValueError(f"{latest} was saved within an epoch; resume it with "
+                             "ModelCheckpoint(..., save_every_steps=N)")
         name = _logged_name(self.monitor, history.history)
         for value in history.history.get(name, []) if name else []:
             if math.isnan(self.best) or self._better(value, self.best):
                 self.best = value
-        within = (f", batch {self.restored_position[0]} of the epoch"
-                  if self.restored_position else "")
+        within = (f", batch {history.in_progress['batch']} of the epoch"
+                  if history.in_progress else "")
         self._say(f"resuming from {latest} ({int(state.epoch)} epochs done, "
                   f"{int(state.step)} optimizer steps{within})")
         return state, history
@@ -158,21 +160,20 @@ class ModelCheckpoint:
         self._say(f"saved {path}")
         return False
 
-    def on_steps_end(self, state: TrainState, history: History, position: int,
-                     sums: list) -> None:
-        """Saves mid-epoch: ``position`` batches of the epoch done, with their summed logs."""
+    def on_train_batch_end(self, batch: int, state: TrainState, logs: dict[str, float],
+                           history: History) -> None:
+        """Saves mid-epoch: ``batch`` batches of the epoch done (``history.in_progress``)."""
         path = save_checkpoint(self.directory, state, history, keep=self.keep,
-                               metadata={"monitor": self.monitor, "best": self.best,
-                                         "position": position, "sums": sums},
+                               metadata={"monitor": self.monitor, "best": self.best},
                                number=int(state.step))
-        self._say(f"saved {path} (batch {position} of epoch {int(state.epoch) + 1})")
+        self._say(f"saved {path} (batch {batch} of epoch {int(state.epoch) + 1})")
 
     def _say(self, message: str) -> None:
         if self.verbose:
             print(f"ModelCheckpoint: {message}", flush=True)
 
 
-class EarlyStopping:
+class EarlyStopping(Callback):
     """Stops training when ``monitor`` has not improved for ``patience`` epochs (Keras semantics).
 
     With ``restore_best_weights=True`` the best epoch's parameters are kept in
@@ -231,13 +232,14 @@ class EarlyStopping:
             for epoch, value in zip(history.epoch, history.history[name], strict=True):
                 self._update(epoch, value)
         if self.restore_best_weights and history.epoch and self.best_epoch == history.epoch[-1]:
-            self.best_params = state.params
+            self.best_params = jax.tree.map(lambda a: a.copy(), state.params)
 
     def on_epoch_end(self, epoch: int, state: TrainState, logs: dict[str, float],
                      history: History) -> bool:
         if self._update(epoch, _monitored(self.monitor, logs)):
             if self.restore_best_weights:
-                self.best_params = state.params
+                # A copy: the next epoch's compiled call reuses the state's buffers.
+                self.best_params = jax.tree.map(lambda a: a.copy(), state.params)
             return False
         if self.wait >= self.patience and epoch > 0:
             self.stopped_epoch = epoch
@@ -256,3 +258,109 @@ class EarlyStopping:
                           "came before a resume); keeping the final ones", stacklevel=2)
             return None
         return state._replace(params=self.best_params)
+
+
+def _current_rate(state: TrainState) -> float:
+    rate = optim.learning_rate(state.opt_state)
+    if rate is None:
+        optim.with_learning_rate(state.opt_state, 0.0)  # raises, naming the fix
+    return float(np.asarray(rate))
+
+
+class LearningRateScheduler(Callback):
+    """Sets the learning rate before each epoch from ``schedule`` (Keras's callback).
+
+    Args:
+      schedule: ``schedule(epoch, learning_rate) -> new learning_rate`` (or
+        ``schedule(epoch)``), with the 0-based epoch and the current rate.
+      verbose: 1 prints each change.
+
+    The optimizer must keep its learning rate in its state (``optax.inject_hyperparams``;
+    the Keras names and ``fnlearn.optim.keras_*`` do); it changes between compiled calls.
+    """
+
+    def __init__(self, schedule, verbose: int = 0):
+        if not callable(schedule):
+            raise TypeError(f"schedule must be a function of (epoch, learning_rate), got "
+                            f"{type(schedule).__name__}")
+        self.schedule, self.verbose = schedule, verbose
+
+    def on_epoch_begin(self, epoch: int, state: TrainState) -> TrainState:
+        current = _current_rate(state)
+        try:
+            rate = self.schedule(epoch, current)
+        except TypeError:
+            rate = self.schedule(epoch)
+        rate = float(rate)
+        if not math.isfinite(rate) or rate < 0:
+            raise ValueError(f"LearningRateScheduler: the schedule returned {rate!r} for epoch "
+                             f"{epoch}; a learning rate must be a finite number >= 0")
+        if self.verbose and rate != current:
+            print(f"LearningRateScheduler: epoch {epoch + 1}: learning rate {rate:.6g}",
+                  flush=True)
+        return state._replace(opt_state=optim.with_learning_rate(state.opt_state, rate))
+
+
+class ReduceLROnPlateau(Callback):
+    """Multiplies the learning rate by ``factor`` when ``monitor`` stops improving (Keras's).
+
+    Args:
+      monitor: the logged value to watch.
+      factor: the multiplier, in (0, 1).
+      patience: epochs without improvement before a reduction.
+      mode: ``"min"``, ``"max"`` or ``"auto"``.
+      min_delta: smallest change that counts as an improvement.
+      cooldown: epochs to wait after a reduction before counting again.
+      min_lr: the rate is never reduced below this.
+      verbose: 1 prints each reduction.
+
+    The reduction decided after epoch ``e`` takes effect for epoch ``e + 1`` (as in
+    Keras); the optimizer must keep its learning rate in its state.
+    """
+
+    def __init__(self, monitor: str = "val_loss", factor: float = 0.1, patience: int = 10,
+                 mode: str = "auto", min_delta: float = 1e-4, cooldown: int = 0,
+                 min_lr: float = 0.0, verbose: int = 0):
+        if not 0.0 < factor < 1.0:
+            raise ValueError(f"factor must be in (0, 1), got {factor!r}")
+        if not isinstance(patience, int) or patience < 0:
+            raise ValueError(f"patience must be a non-negative int, got {patience!r}")
+        self.monitor, self.factor, self.patience = monitor, factor, patience
+        self.min_delta, self.cooldown, self.min_lr = abs(min_delta), cooldown, min_lr
+        self.verbose = verbose
+        self._better = _is_better(monitor, mode)
+        self.best, self.wait, self.cooldown_left, self.pending = math.nan, 0, 0, None
+
+    def on_train_begin(self, state: TrainState, history: History, resume: bool) -> None:
+        _current_rate(state)
+        self.best, self.wait, self.cooldown_left, self.pending = math.nan, 0, 0, None
+
+    def on_epoch_begin(self, epoch: int, state: TrainState) -> TrainState | None:
+        if self.pending is None:
+            return None
+        rate, self.pending = self.pending, None
+        return state._replace(opt_state=optim.with_learning_rate(state.opt_state, rate))
+
+    def on_epoch_end(self, epoch: int, state: TrainState, logs: dict[str, float],
+                     history: History) -> bool:
+        value = _monitored(self.monitor, logs)
+        if self.cooldown_left > 0:
+            self.cooldown_left -= 1
+            self.wait = 0
+        if math.isnan(self.best) or self._better(value, self.best, self.min_delta):
+            self.best, self.wait = value, 0
+            return False
+        if self.cooldown_left > 0:
+            return False
+        self.wait += 1
+        if self.wait >= self.patience:
+            current = _current_rate(state)
+            rate = max(current * self.factor, self.min_lr)
+            if rate < current:
+                self.pending = rate
+                if self.verbose:
+                    print(f"ReduceLROnPlateau: epoch {epoch + 1}: {self.monitor} has not "
+                          f"improved on {self.best:.4f} for {self.wait} epochs; learning rate "
+                          f"{current:.6g} -> {rate:.6g}", flush=True)
+            self.cooldown_left, self.wait = self.cooldown, 0
+        return False

@@ -114,7 +114,7 @@ def save_checkpoint(directory: str | Path, state: TrainState, history: History |
             "digests": {"params": _digest(state.params),
                         "model_state": _digest(state.model_state)}}
     plain_history = {"history": history.history, "epoch": history.epoch,
-                     "epoch_seconds": history.epoch_seconds}
+                     "epoch_seconds": history.epoch_seconds, "in_progress": history.in_progress}
     with _manager(directory, keep) as manager:
         if number in manager.all_steps():
             raise CheckpointError(
@@ -255,7 +255,7 @@ def restore_checkpoint(directory: str | Path, template_state: TrainState,
                 state=ocp.args.StandardRestore(abstract), history=ocp.args.JsonRestore()))
             state, plain = restored.state, restored.history
             history = History(dict(plain["history"]), list(plain["epoch"]),
-                              list(plain["epoch_seconds"]))
+                              list(plain["epoch_seconds"]), plain.get("in_progress"))
         except Exception as error:  # noqa: BLE001
             raise CheckpointError(
                 f"checkpoint {path} is corrupt or truncated: cannot read its arrays or "

@@ -28,32 +28,99 @@ _PROBABILITY_LOSSES = (losses_lib.sparse_categorical_crossentropy,
                        losses_lib.categorical_crossentropy)
 
 
+def _check_dtype(name: str, dtype) -> None:
+    if dtype == np.dtype(object) or not (jax.dtypes.issubdtype(dtype, np.number) or dtype == np.bool_
+                               or jax.dtypes.issubdtype(dtype, np.floating)):
+        raise TypeError(f"{name} must be a numeric array, got dtype {dtype}")
+    if jax.dtypes.issubdtype(dtype, np.complexfloating):
+        raise TypeError(f"{name} must be real numbers, got dtype {dtype}")
+
+
 def as_host_array(name: str, value) -> np.ndarray:
-    """``value`` as a numeric NumPy array with an example axis and no NaN/inf, or a clear error."""
+    """``value`` as a numeric NumPy array with an example axis and no NaN/inf, or a clear error.
+
+    Any real dtype NumPy or JAX knows is kept, bfloat16 and float16 included.
+    """
     try:
         array = np.asarray(value)
     except ValueError as error:
         raise ValueError(f"{name} cannot be converted to an array (lists of unequal "
                          f"lengths?): {error}") from error
-    if array.dtype == object or not (np.issubdtype(array.dtype, np.number)
-                                     or array.dtype == np.bool_):
-        raise TypeError(f"{name} must be a numeric array, got dtype {array.dtype}")
-    if np.issubdtype(array.dtype, np.complexfloating):
-        raise TypeError(f"{name} must be real numbers, got dtype {array.dtype}")
+    _check_dtype(name, array.dtype)
     if array.ndim == 0:
         raise ValueError(f"{name} must have a leading example axis, got a scalar")
-    if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
+    if jax.dtypes.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
         bad = tuple(int(i) for i in np.argwhere(~np.isfinite(array))[0])
         raise ValueError(f"{name} contains NaN or inf (first at index {bad})")
     return array
 
 
-def check_xy(x: np.ndarray, y: np.ndarray, name: str = "x") -> None:
+@jax.jit
+def _all_finite(x):
+    return jnp.all(jnp.isfinite(x))
+
+
+def as_array(name: str, value):
+    """``as_host_array``, except that a ``jax.Array`` stays where it is (checked on its device)."""
+    if not isinstance(value, jax.Array):
+        return as_host_array(name, value)
+    _check_dtype(name, value.dtype)
+    if value.ndim == 0:
+        raise ValueError(f"{name} must have a leading example axis, got a scalar")
+    if jax.dtypes.issubdtype(value.dtype, np.floating) and not bool(_all_finite(value)):
+        raise ValueError(f"{name} contains NaN or inf")
+    return value
+
+
+def as_data(name: str, value):
+    """Inputs or labels as arrays: one array, or a dict or tuple of them (several inputs)."""
+    if isinstance(value, dict):
+        return {key: as_array(f"{name}[{key!r}]", v) for key, v in value.items()}
+    if isinstance(value, tuple):
+        return tuple(as_array(f"{name}[{i}]", v) for i, v in enumerate(value))
+    return as_array(name, value)
+
+
+def count_examples(name: str, data) -> int:
+    """The examples in ``data`` (its leaves' common leading length), or a clear error."""
+    counts = {len(leaf) for leaf in jax.tree.leaves(data)}
+    if len(counts) > 1:
+        raise ValueError(f"{name}'s arrays have different numbers of examples: {sorted(counts)}")
+    return counts.pop() if counts else 0
+
+
+def check_xy(x, y, name: str = "x") -> None:
     """Refuses an empty dataset, or inputs and labels of different lengths."""
-    if len(x) == 0:
+    n = count_examples(name, x)
+    if n == 0:
         raise ValueError(f"{name} is empty: nothing to train or evaluate on")
-    if len(x) != len(y):
-        raise ValueError(f"{name} has {len(x)} examples but its labels have {len(y)}")
+    if y is not None and count_examples("labels", y) != n:
+        raise ValueError(f"{name} has {n} examples but its labels have "
+                         f"{count_examples('labels', y)}")
+
+
+def shape_tree(input_shape):
+    """A per-example input shape as a tuple of ints, or a dict/tuple of them (several inputs)."""
+    if isinstance(input_shape, dict):
+        return {key: shape_tree(value) for key, value in input_shape.items()}
+    if isinstance(input_shape, list | tuple) and input_shape and all(
+            isinstance(s, list | tuple | dict) for s in input_shape):
+        return tuple(shape_tree(s) for s in input_shape)
+    try:
+        return tuple(int(d) for d in input_shape)
+    except TypeError as error:
+        raise TypeError(f"input_shape must be a tuple of ints (per example), or a dict or "
+                        f"tuple of them for several inputs; got {input_shape!r}") from error
+
+
+def example_of(data):
+    """``ShapeDtypeStruct``s of one example of ``data`` (a leading axis of 1)."""
+    return jax.tree.map(lambda a: jax.ShapeDtypeStruct((1, *a.shape[1:]), a.dtype), data)
+
+
+def per_example_shape(data):
+    """The per-example shape of ``data``: a tuple, or the pytree of them."""
+    return jax.tree.map(lambda a: tuple(a.shape[1:]), data)
 
 
 def check_epochs(epochs, verbose) -> None:
@@ -122,27 +189,51 @@ def _check_labels(loss_fn, y: np.ndarray, out) -> None:
     losses_lib.check_sparse_labels(y, (len(y), *out.shape[1:]), out.shape[-1])
 
 
-def check_model_input(model: Layer, params, model_state, x: np.ndarray, loss_fn=None,
-                      y: np.ndarray | None = None):
-    """Runs the model and loss abstractly on one example: shape errors surface here, early."""
+def model_output(model: Layer, params, model_state, x):
+    """The model's output shapes for one example of ``x``: shape errors surface here, early."""
     check_params(params)
-    example = jax.ShapeDtypeStruct((1, *x.shape[1:]), x.dtype)
     try:
-        out = jax.eval_shape(lambda p, s, xb: apply(model, p, xb, state=s)[0],
-                             params, model_state, example)
+        return jax.eval_shape(lambda p, s, xb: apply(model, p, xb, state=s)[0],
+                              params, model_state, example_of(x))
     except Exception as error:  # noqa: BLE001 - re-raised with the shapes that caused it
+        dtypes = jax.tree.map(lambda a: str(a.dtype), x)
         raise ValueError(
-            f"model cannot be applied to inputs of per-example shape {x.shape[1:]} "
-            f"(dtype {x.dtype}): {error}") from error
-    if y is not None and loss_fn is not None:
-        _check_labels(loss_fn, y, out)
-        label = jax.ShapeDtypeStruct((1, *y.shape[1:]), y.dtype)
+            f"model cannot be applied to inputs of per-example shape {per_example_shape(x)} "
+            f"(dtype {dtypes}): {error}") from error
+
+
+def _where(output) -> str:
+    return "" if output is None else f" of output {output!r}"
+
+
+def check_losses(losses, y, out) -> None:
+    """Each ``(output, loss_fn, weight)`` of ``losses`` against its labels in ``y``, abstractly."""
+    for output, loss_fn, _ in losses:
+        labels = y if output is None else _label_part(y, output)
+        predictions = out if output is None else out[output]
+        _check_labels(loss_fn, labels, predictions)
         try:
-            jax.eval_shape(loss_fn, label, out)
+            jax.eval_shape(loss_fn, example_of(labels), predictions)
         except Exception as error:  # noqa: BLE001
             raise ValueError(
-                f"loss cannot compare labels of per-example shape {y.shape[1:]} with model "
-                f"outputs of per-example shape {out.shape[1:]}: {error}") from error
+                f"loss{_where(output)} cannot compare labels of per-example shape "
+                f"{tuple(labels.shape[1:])} with model outputs of per-example shape "
+                f"{tuple(predictions.shape[1:])}: {error}") from error
+
+
+def _label_part(y, output):
+    try:
+        return y[output]
+    except (KeyError, IndexError, TypeError) as error:
+        raise ValueError(f"y has no labels for output {output!r}: pass y as a dict (or tuple) "
+                         "with labels for every output that has a loss") from error
+
+
+def check_model_input(model: Layer, params, model_state, x, loss_fn=None, y=None):
+    """Runs the model and loss abstractly on one example: shape errors surface here, early."""
+    out = model_output(model, params, model_state, x)
+    if y is not None and loss_fn is not None:
+        check_losses(((None, loss_fn, 1.0),), y, out)
     return out
 
 

@@ -2,8 +2,9 @@
 
     fit(..., callbacks=[TensorBoard("logs/run1"), CSVLogger("logs/run1.csv")])
 
-Both are ``fit`` callbacks (see ``fnlearn.callbacks`` for the protocol) that write the epoch's
-logs dict, ``{"loss": ..., "accuracy": ..., "val_loss": ..., ...}``, after every epoch.
+Both are ``fnlearn.Callback`` objects that write the epoch's logs dict, ``{"loss": ...,
+"accuracy": ..., "val_loss": ..., ...}``, after every epoch, and with ``update_freq=N``
+also the epoch's running values every N batches (Keras's ``update_freq``).
 """
 
 from __future__ import annotations
@@ -13,8 +14,20 @@ import os
 from pathlib import Path
 from typing import Any
 
+from fnlearn.loop.hooks import Callback
 
-class CSVLogger:
+
+def _update_freq(update_freq) -> int | None:
+    """``"epoch"`` (None) or a positive number of batches."""
+    if update_freq == "epoch":
+        return None
+    if isinstance(update_freq, bool) or not isinstance(update_freq, int) or update_freq < 1:
+        raise ValueError(f"update_freq must be 'epoch' or a positive int (batches), got "
+                         f"{update_freq!r}")
+    return update_freq
+
+
+class CSVLogger(Callback):
     """Writes one CSV row per epoch, as Keras's ``CSVLogger`` does.
 
     The header is ``epoch`` then the first epoch's log names in sorted order; ``epoch`` counts
@@ -23,18 +36,26 @@ class CSVLogger:
     On ``fit(resume=True)`` the file is rewritten from the restored history, so it always matches
     the run that continues.
 
+    With ``update_freq=N`` the header is ``epoch,batch`` then every name the epoch logs
+    (``fit`` says which, ``Callback.params["names"]``), and a row is written every N
+    batches with the epoch's running values so far (validation values ``NA``), plus one
+    at each epoch's end with ``batch`` the epoch's batch count.
+
     Args:
       filename: the CSV file; its folder is created if needed.
       separator: the field separator.
       append: keep the rows already in the file (no second header) instead of starting afresh.
+      update_freq: ``"epoch"``, or a row every this many batches too.
     """
 
-    def __init__(self, filename: str | os.PathLike, separator: str = ",", append: bool = False):
+    def __init__(self, filename: str | os.PathLike, separator: str = ",", append: bool = False,
+                 update_freq: str | int = "epoch"):
         if not isinstance(separator, str) or len(separator) != 1:
             raise ValueError(f"separator must be one character, got {separator!r}")
         self.filename = Path(filename)
         self.separator = separator
         self.append = append
+        self.batch_frequency = _update_freq(update_freq)
         self.keys: list[str] | None = None
 
     def on_train_begin(self, state: Any, history: Any, resume: bool) -> None:
@@ -48,8 +69,12 @@ class CSVLogger:
             for i, epoch in enumerate(history.epoch):
                 self._write(epoch, {name: values[i] for name, values in history.history.items()})
 
+    def on_train_batch_end(self, batch: int, state: Any, logs: dict[str, float],
+                           history: Any) -> None:
+        self._write(int(state.epoch), logs, batch)
+
     def on_epoch_end(self, epoch: int, state: Any, logs: dict[str, float], history: Any) -> bool:
-        self._write(epoch, logs)
+        self._write(epoch, logs, self.params.get("steps") if self.batch_frequency else None)
         return False
 
     def _existing_keys(self) -> list[str] | None:
@@ -57,33 +82,42 @@ class CSVLogger:
             return None
         with self.filename.open(newline="") as file:
             header = next(csv.reader(file, delimiter=self.separator), [])
-        return header[1:] if header[:1] == ["epoch"] else None
+        lead = 2 if self.batch_frequency else 1
+        expected = ["epoch", "batch"][:lead]
+        return header[lead:] if header[:lead] == expected else None
 
-    def _write(self, epoch: int, logs: dict[str, float]) -> None:
+    def _write(self, epoch: int, logs: dict[str, float], batch: int | None = None) -> None:
         new_file = self.keys is None
         if new_file:
-            self.keys = sorted(logs)
+            names = self.params.get("names") if self.batch_frequency else None
+            self.keys = list(names) if names else sorted(logs)
+        lead = ["epoch", "batch"] if self.batch_frequency else ["epoch"]
         with self.filename.open("a", newline="") as file:
             writer = csv.writer(file, delimiter=self.separator)
             if new_file:
-                writer.writerow(["epoch", *self.keys])
-            writer.writerow([epoch, *(logs.get(key, "NA") for key in self.keys)])
+                writer.writerow([*lead, *self.keys])
+            where = [epoch, batch] if self.batch_frequency else [epoch]
+            writer.writerow([*where, *(logs.get(key, "NA") for key in self.keys)])
 
 
-class TensorBoard:
+class TensorBoard(Callback):
     """Writes each epoch's logs as TensorBoard scalars, laid out as Keras's ``TensorBoard`` does.
 
     Training values go to ``log_dir/train`` and validation values (``val_`` dropped) to
     ``log_dir/validation``, both tagged ``epoch_<name>`` at step ``epoch`` (from 0), so
-    TensorBoard draws the two runs on one chart per value. View with
-    ``tensorboard --logdir LOG_DIR``. Uses tensorboardX, which needs no TensorFlow.
+    TensorBoard draws the two runs on one chart per value. With ``update_freq=N`` the
+    epoch's running training values are also written every N batches, tagged
+    ``batch_<name>`` at step ``state.step`` (optimizer steps so far), as Keras does.
+    View with ``tensorboard --logdir LOG_DIR``. Uses tensorboardX, which needs no TensorFlow.
 
     Args:
       log_dir: the folder for the event files; created if needed.
+      update_freq: ``"epoch"``, or batch scalars every this many batches too.
     """
 
-    def __init__(self, log_dir: str | os.PathLike = "logs"):
+    def __init__(self, log_dir: str | os.PathLike = "logs", update_freq: str | int = "epoch"):
         self.log_dir = Path(log_dir)
+        self.batch_frequency = _update_freq(update_freq)
         self._writers: dict[str, Any] = {}
 
     def on_train_begin(self, state: Any, history: Any, resume: bool) -> None:
@@ -91,12 +125,22 @@ class TensorBoard:
         self._close()
         _summary_writer_class()  # a missing tensorboardX fails here, before any training
 
+    def _writer(self, run: str):
+        if run not in self._writers:  # no validation folder for a run without validation
+            self._writers[run] = _summary_writer_class()(str(self.log_dir / run))
+        return self._writers[run]
+
+    def on_train_batch_end(self, batch: int, state: Any, logs: dict[str, float],
+                           history: Any) -> None:
+        writer = self._writer("train")
+        for name, value in logs.items():
+            writer.add_scalar(f"batch_{name}", float(value), int(state.step))
+        writer.flush()
+
     def on_epoch_end(self, epoch: int, state: Any, logs: dict[str, float], history: Any) -> bool:
         for name, value in logs.items():
             run, tag = ("validation", name[4:]) if name.startswith("val_") else ("train", name)
-            if run not in self._writers:  # no validation folder for a run without validation
-                self._writers[run] = _summary_writer_class()(str(self.log_dir / run))
-            self._writers[run].add_scalar(f"epoch_{tag}", float(value), epoch)
+            self._writer(run).add_scalar(f"epoch_{tag}", float(value), epoch)
         for writer in self._writers.values():
             writer.flush()
         return False

@@ -2,7 +2,9 @@
 
 Each returns one value per example (Keras's convention), so a caller chooses
 the reduction: ``fit`` takes a masked mean, which makes a short last batch
-count each of its examples once.
+count each of its examples once. A metric is a ``Metric``: sums that add up over
+batches and a result, so per-example means (``MeanMetric``) and streaming metrics
+(precision, AUC) share one road through ``fit`` and ``evaluate``.
 
 JAX indexes out of range without complaint, so labels are checked on the host
 whenever they are concrete (``check_sparse_labels``); ``fit`` checks the whole
@@ -12,6 +14,8 @@ dataset once before compiling anything.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -33,7 +37,7 @@ def check_sparse_labels(labels, predictions_shape: tuple[int, ...], num_classes:
       predictions_shape: shape of the model output, classes on the last axis.
       num_classes: number of classes.
     """
-    dtype = np.asarray(labels).dtype if _is_concrete(labels) else labels.dtype
+    dtype = labels.dtype if hasattr(labels, "dtype") else np.asarray(labels).dtype
     if not jnp.issubdtype(dtype, jnp.integer):
         raise ValueError(
             f"sparse_categorical_crossentropy needs integer class labels, got dtype {dtype}; "
@@ -45,9 +49,11 @@ def check_sparse_labels(labels, predictions_shape: tuple[int, ...], num_classes:
             f"labels shape {shape} does not match predictions shape {tuple(predictions_shape)}: "
             f"expected {tuple(predictions_shape[:-1])}")
     if _is_concrete(labels) and np.size(labels):
-        values = np.asarray(labels)
-        low, high = int(values.min()), int(values.max())
+        # Device labels are reduced where they are; only the error path reads them back.
+        backend = jnp if isinstance(labels, jax.Array) else np
+        low, high = int(backend.min(labels)), int(backend.max(labels))
         if low < 0 or high >= num_classes:
+            values = np.asarray(labels)
             bad = int(np.flatnonzero((values < 0) | (values >= num_classes))[0])
             raise ValueError(
                 f"labels must be in [0, {num_classes}) for {num_classes} classes; "
@@ -169,10 +175,55 @@ def get_loss(loss: str | Callable) -> Callable:
     return LOSSES[loss]
 
 
-def get_metric(metric: str | Callable) -> tuple[str, Callable]:
-    """Resolves a metric given by name (Keras style) or as a function to ``(name, fn)``."""
+@dataclass(frozen=True)
+class MeanMetric:
+    """A per-example function averaged over the real rows of every batch of an epoch.
+
+    The shape every metric has (``Metric``): ``update(labels, predictions, weights)``
+    returns sums that add up over batches (padding rows weigh 0) and ``result(sums)``
+    turns the epoch's total into the value logged. Equal for the same function and
+    name, so naming a metric twice reuses the compiled programs.
+    """
+
+    fn: Callable
+    name: str
+
+    def update(self, labels, predictions, weights):
+        return jnp.sum(self.fn(labels, predictions) * weights), jnp.sum(weights)
+
+    def result(self, sums):
+        return mean_of(sums)
+
+
+def mean_of(sums):
+    """``total / count`` of a ``(total, count)`` pair of sums (0 when nothing was counted)."""
+    total, count = sums
+    return total / jnp.maximum(count, 1.0)
+
+
+class Metric(Protocol):
+    """What ``fit`` and ``evaluate`` need of a metric: a name, additive sums, a result.
+
+    ``update(labels, predictions, weights)`` gets one batch (``weights`` are 1.0 for
+    real rows, 0.0 for padding) and returns a pytree of float32 arrays whose
+    elementwise sum over batches is all ``result`` needs: a mean's total and count,
+    a confusion count per threshold for ``auc``. Streaming metrics are exact over the
+    epoch, not means of per-batch values.
+    """
+
+    name: str
+
+    def update(self, labels, predictions, weights) -> Any: ...
+
+    def result(self, sums) -> jax.Array: ...
+
+
+def get_metric(metric: str | Callable | Metric) -> Metric:
+    """Resolves a metric given by name (Keras style), as a per-example function, or a ``Metric``."""
+    if callable(getattr(metric, "update", None)) and callable(getattr(metric, "result", None)):
+        return metric
     if callable(metric):
-        return getattr(metric, "__name__", "metric"), metric
+        return MeanMetric(metric, getattr(metric, "__name__", "metric"))
     if metric not in METRICS:
         raise ValueError(f"unknown metric {metric!r}; known: {sorted(METRICS)} or pass a function")
-    return metric, METRICS[metric]
+    return MeanMetric(METRICS[metric], metric)

@@ -77,14 +77,16 @@ def torch_sgd(lr: float, momentum: float = 0.0) -> optax.GradientTransformation:
 
 
 def keras_sgd(learning_rate: float = 0.01, momentum: float = 0.0) -> optax.GradientTransformation:
-    """``keras.optimizers.SGD`` with its defaults (learning rate 0.01)."""
-    return optax.sgd(learning_rate, momentum=momentum or None)
+    """``keras.optimizers.SGD`` with its defaults (learning rate 0.01, kept in the state)."""
+    return optax.inject_hyperparams(optax.sgd)(learning_rate=learning_rate,
+                                               momentum=momentum or None)
 
 
 def keras_rmsprop(learning_rate: float = 1e-3, rho: float = 0.9,
                   epsilon: float = 1e-7) -> optax.GradientTransformation:
     """``keras.optimizers.RMSprop`` with its defaults: ``p -= lr * g / (sqrt(ms) + eps)``."""
-    return optax.rmsprop(learning_rate, decay=rho, eps=epsilon, eps_in_sqrt=False)
+    return optax.inject_hyperparams(optax.rmsprop, static_args=("eps_in_sqrt",))(
+        learning_rate=learning_rate, decay=rho, eps=epsilon, eps_in_sqrt=False)
 
 
 def step_lr(learning_rate: float, step_size: int = 1, gamma: float = 0.1) -> EpochSchedule:
@@ -154,6 +156,41 @@ def epoch_learning_rate(opt_state) -> jax.Array | None:
         opt_state, is_leaf=lambda node: isinstance(node, EpochScheduleState))
         if isinstance(leaf, EpochScheduleState)]
     return found[0] if found else None
+
+
+def _injected(node) -> bool:
+    return (isinstance(node, optax.InjectStatefulHyperparamsState | optax.InjectHyperparamsState)
+            and "learning_rate" in node.hyperparams)
+
+
+def learning_rate(opt_state) -> jax.Array | None:
+    """The learning rate kept in ``opt_state`` (``optax.inject_hyperparams``), or None."""
+    found = [node.hyperparams["learning_rate"]
+             for node in jax.tree.leaves(opt_state, is_leaf=_injected) if _injected(node)]
+    return found[0] if found else None
+
+
+def with_learning_rate(opt_state, value: float):
+    """``opt_state`` with its kept learning rate set to ``value`` (what Keras's callbacks set).
+
+    Raises:
+      ValueError: the optimizer does not keep its learning rate in its state.
+    """
+    if learning_rate(opt_state) is None:
+        raise ValueError(
+            "the optimizer keeps no learning rate in its state to change: build it with "
+            "optax.inject_hyperparams, e.g. optax.inject_hyperparams(optax.adam)"
+            "(learning_rate=1e-3), or use fnlearn.optim.keras_adam/keras_sgd/keras_rmsprop "
+            "(and the names 'adam', 'sgd', 'rmsprop')")
+
+    def set_rate(node):
+        if not _injected(node):
+            return node
+        old = node.hyperparams["learning_rate"]
+        rate = jnp.asarray(value, jnp.result_type(old)).reshape(jnp.shape(old))
+        return node._replace(hyperparams={**node.hyperparams, "learning_rate": rate})
+
+    return jax.tree.map(set_rate, opt_state, is_leaf=_injected)
 
 
 def torch_adadelta(lr: float = 1.0, rho: float = 0.9, eps: float = 1e-6,

@@ -1,263 +1,259 @@
-"""The training step and epoch as pure functions: what ``fit`` runs, open to any loop.
+"""The training step as pure functions: what ``fit`` runs, open to any loop.
 
-``train_step(state, x, y, ...)`` is one optimizer update on one batch, in the shape
-of Flax's ``TrainState.apply_gradients`` step or the article's PyTorch loop body;
-``jax.jit`` it and call it from a Python loop of your own. ``train_epoch`` runs a
-whole epoch of steps inside ``jax.lax.scan``: the permutation is drawn on the
+``init_state`` builds a ``TrainState``; ``train_step(state, x, y, ...)`` is one
+optimizer update on one batch, in the shape of Flax's ``TrainState.apply_gradients``
+step or the article's PyTorch loop body (``apply_gradients`` is the update it ends
+with); ``jax.jit`` it and call it from a Python loop of your own. ``train_epoch``
+runs a whole epoch of steps inside ``jax.lax.scan``: the permutation is drawn on the
 device, the last partial batch is padded to the batch size and masked, so every
-epoch has one static shape and counts every example once. ``fit`` is a thin host
-driver over these functions (``fnlearn.train``).
+epoch has one static shape and counts every example once.
 
-Randomness is a function of the state alone: the epoch's shuffle and each step's
-dropout key are folded from ``state.key``, ``state.epoch`` and ``state.step``, so the
-same state gives the same bits in any loop. A step whose loss is not finite (or
-whose batch is entirely padding) changes nothing; ``train_epoch`` reports the
-first such non-finite step and applies no update after it.
+Randomness is a function of the state alone: the shuffle of the epoch that begins at
+``state.step`` and each step's dropout key are folded from ``state.key`` and
+``state.step``, so the same state gives the same bits in any loop, and a loop that
+forgets to count epochs still draws a new order each epoch. A step whose loss is not
+finite (or whose batch is entirely padding) changes nothing.
 
 An optimizer that is an ``optax.GradientTransformationExtraArgs`` is called with
 ``epoch=state.epoch``, so per-epoch schedules (``fnlearn.optim.step_lr``) need no
 steps-per-epoch arithmetic; a plain ``GradientTransformation`` is called without it.
+
+The built-in step is a ``Supervised`` value (model, losses, metrics, optimizer);
+``fnlearn.loop`` drives it or a user's own step (``Custom``) the same way.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
-from fnlearn import losses as losses_lib
-from fnlearn import optim
-from fnlearn.nn.core import Layer, apply
+from fnlearn import cache, checks, optim
+from fnlearn.nn.core import Layer, as_key, init_with_state
+from fnlearn.objectives import Supervised, supervised
 from fnlearn.state import TrainState
 
-# Examples per compiled chunk in evaluation and prediction: big enough to keep
-# the matrix units busy, small enough to bound memory.
-EVAL_BATCH_SIZE = 1024
+__all__ = ["Supervised", "apply_gradients", "epoch_batches", "init_state", "shuffle_key",
+           "step_key", "supervised", "train_epoch", "train_step", "train_steps"]
 
 
-def epoch_keys(state: TrainState) -> tuple[jax.Array, jax.Array]:
-    """The epoch's ``(shuffle_key, dropout_key)``, folded from ``state.key`` and ``state.epoch``."""
-    epoch_key = jax.random.fold_in(jax.random.wrap_key_data(state.key), state.epoch)
-    shuffle_key, dropout_key = jax.random.split(epoch_key)
-    return shuffle_key, dropout_key
+def _stream(state: TrainState, which: int) -> jax.Array:
+    return jax.random.fold_in(as_key(state.key, "state.key"), which)
 
 
-def epoch_batches(state: TrainState, num_examples: int, batch_size: int,
+def shuffle_key(state: TrainState) -> jax.Array:
+    """The key of the shuffle of the epoch that begins at ``state.step``."""
+    return jax.random.fold_in(_stream(state, 0), state.step)
+
+
+def step_key(state: TrainState) -> jax.Array:
+    """The key of the step ``state.step`` (dropout and any other per-step randomness)."""
+    return jax.random.fold_in(_stream(state, 1), state.step)
+
+
+def epoch_batches(state: TrainState | None, num_examples: int, batch_size: int,
                   shuffle: bool = True) -> tuple[jax.Array, jax.Array]:
     """The epoch's batches as ``(index, mask)``, each of shape ``(steps, batch_size)``.
 
     ``index[i]`` are the example positions of batch ``i`` (a permutation drawn from
-    ``state.key`` and ``state.epoch`` when ``shuffle``); the last batch is padded
+    ``state.key`` and ``state.step`` when ``shuffle``); the last batch is padded
     with position 0 where ``mask`` is False. ``num_examples``, ``batch_size`` and
     ``shuffle`` are static under ``jax.jit``.
     """
     steps = math.ceil(num_examples / batch_size)
     padded = steps * batch_size
-    order = (jax.random.permutation(epoch_keys(state)[0], num_examples) if shuffle
+    order = (jax.random.permutation(shuffle_key(state), num_examples) if shuffle
              else jnp.arange(num_examples))
     index = jnp.concatenate([order, jnp.zeros(padded - num_examples, order.dtype)])
     mask = jnp.arange(padded) < num_examples
     return index.reshape(steps, batch_size), mask.reshape(steps, batch_size)
 
 
-def batch_stats(params, model_state, xb, yb, mask, key, *, model: Layer, loss_fn: Callable,
-                metric_fns: Sequence[Callable], train: bool):
-    """The masked mean loss of one batch, and ``(new_model_state, (loss_sum, metric_sums, count))``.
+def apply_gradients(state: TrainState, grads, optimizer: optax.GradientTransformation, *,
+                    model_state=None) -> TrainState:
+    """One optimizer update: new params and optimizer state, ``step + 1``.
 
-    ``mask`` weights the rows (padding rows weigh 0). Differentiable in ``params``.
+    Args:
+      state: the ``TrainState``.
+      grads: gradients with the structure of ``state.params``.
+      optimizer: the Optax optimizer ``state.opt_state`` belongs to; an
+        ``optax.GradientTransformationExtraArgs`` also gets ``epoch=state.epoch``.
+      model_state: the model state the forward pass returned (BatchNorm statistics),
+        or None to keep ``state.model_state``.
     """
-    preds, new_state = apply(model, params, xb, state=model_state, key=key, train=train,
-                             mask=mask)
-    weights = mask.astype(jnp.float32)
-    count = jnp.sum(weights)
-    loss_sum = jnp.sum(loss_fn(yb, preds) * weights)
-    metric_sums = tuple(jnp.sum(fn(yb, preds) * weights) for fn in metric_fns)
-    return loss_sum / jnp.maximum(count, 1.0), (new_state, (loss_sum, metric_sums, count))
+    extra = ({"epoch": state.epoch}
+             if isinstance(optimizer, optax.GradientTransformationExtraArgs) else {})
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params, **extra)
+    return state._replace(params=optax.apply_updates(state.params, updates),
+                          opt_state=opt_state, step=state.step + 1,
+                          model_state=state.model_state if model_state is None else model_state)
 
 
-def _zero_sums(metric_fns) -> tuple:
-    zero = jnp.zeros((), jnp.float32)
-    return zero, tuple(zero for _ in metric_fns), zero
+@partial(jax.jit, static_argnames=("model", "optimizer", "input_shape"))
+def _init_state(key, params, model_state, *, model, optimizer, input_shape):
+    # One compiled program instead of a dispatch (and a small compilation) per
+    # random draw and optimizer buffer.
+    init_key, run_key = jax.random.split(key)
+    _, fresh_params, fresh_state = init_with_state(model, init_key, input_shape)
+    params = fresh_params if params is None else params
+    model_state = fresh_state if model_state is None else model_state
+    return TrainState(params, optimizer.init(params), model_state, jnp.int32(0), jnp.int32(0),
+                      jax.random.key_data(run_key))
 
 
-def _step(state: TrainState, xb, yb, mask, active, *, model, loss_fn, metric_fns, optimizer,
-          sharding=None):
-    """One masked step: ``(state, sums, nonfinite)``; no update if inactive, empty or not finite."""
-    if sharding is not None:
-        xb = jax.lax.with_sharding_constraint(xb, sharding)
-        yb = jax.lax.with_sharding_constraint(yb, sharding)
-    mask = mask.astype(jnp.bool_)
+def init_state(model: Layer, optimizer: optax.GradientTransformation | str,
+               input_shape: Sequence[int] | Any, *, seed: int | jax.Array = 0, params=None,
+               model_state=None) -> TrainState:
+    """A fresh ``TrainState``: parameters and model state from ``model.init``, optimizer state.
 
-    def run(state):
-        key = jax.random.fold_in(epoch_keys(state)[1], state.step)
-        grad_fn = jax.value_and_grad(batch_stats, has_aux=True)
-        (mean_loss, (model_state, sums)), grads = grad_fn(
-            state.params, state.model_state, xb, yb, mask, key, model=model, loss_fn=loss_fn,
-            metric_fns=metric_fns, train=True)
-        finite = jnp.isfinite(mean_loss)
+    The seed is split in two: one half initializes the model, the other becomes
+    ``state.key``, the run's key. So ``nn.init(model, seed)`` and ``init_state(...,
+    seed=seed)`` give different parameters; ``nn.init(model, split(key(seed))[0])``
+    gives ``init_state``'s.
 
-        def update(state):
-            extra = ({"epoch": state.epoch}
-                     if isinstance(optimizer, optax.GradientTransformationExtraArgs) else {})
-            updates, opt_state = optimizer.update(grads, state.opt_state, state.params, **extra)
-            return state._replace(params=optax.apply_updates(state.params, updates),
-                                  opt_state=opt_state, model_state=model_state,
-                                  step=state.step + 1)
-
-        state = jax.lax.cond(finite & active, update, lambda s: s, state)
-        return state, sums, ~finite
-
-    def skip(state):
-        return state, _zero_sums(metric_fns), jnp.bool_(False)
-
-    # A batch that is all padding (the tail of a chunked epoch) costs nothing.
-    return jax.lax.cond(jnp.any(mask), run, skip, state)
-
-
-def _resolve(loss, metrics) -> tuple[Callable, tuple[str, ...], tuple[Callable, ...]]:
-    loss_fn = losses_lib.get_loss(loss)
-    pairs = [losses_lib.get_metric(m) for m in metrics]
-    return loss_fn, tuple(n for n, _ in pairs), tuple(f for _, f in pairs)
+    Args:
+      model: the model.
+      optimizer: an Optax optimizer (or a Keras name: ``"adam"``, ``"sgd"``, ``"rmsprop"``).
+      input_shape: per-example input shape (a tuple, or a pytree of them for a model
+        with several inputs).
+      seed: an int, or a JAX key (typed or raw ``uint32``).
+      params: start from these parameters instead of initializing.
+      model_state: start from this model state (BatchNorm statistics) instead.
+    """
+    cache.enable_by_default()
+    if optimizer is None:
+        raise TypeError("init_state needs an optimizer (it builds the optimizer state); to "
+                        "load trained weights for inference without one, use "
+                        "fnlearn.restore_params(directory, model, input_shape)")
+    optimizer = checks.resolve_optimizer(optimizer)
+    if params is not None:
+        checks.check_params(params, "params")
+        params = jax.tree.map(lambda a: jnp.array(a, copy=True), params)
+    if model_state is not None:
+        model_state = jax.tree.map(lambda a: jnp.array(a, copy=True), model_state)
+    key = as_key(checks.check_seed(seed) if isinstance(seed, int | bool) else seed, "seed")
+    return _init_state(key, params, model_state, model=model, optimizer=optimizer,
+                       input_shape=checks.shape_tree(input_shape))
 
 
-def train_step(state: TrainState, x, y, *, model: Layer, loss: str | Callable,
-               optimizer: optax.GradientTransformation, metrics: Sequence[str | Callable] = (),
-               mask=None) -> tuple[TrainState, dict[str, jax.Array]]:
+def train_step(state: TrainState, x, y, *, model: Layer, loss: str | Callable | dict,
+               optimizer: optax.GradientTransformation,
+               metrics: Sequence[str | Callable] | dict = (), mask=None,
+               loss_weights=None) -> tuple[TrainState, dict[str, jax.Array]]:
     """One optimizer update on the batch ``(x, y)``; pure and jittable.
 
     Args:
       state: the ``TrainState`` (``fnlearn.init_state``).
-      x, y: one batch of inputs and labels.
-      model, loss, optimizer, metrics: as for ``fit`` (static under ``jax.jit``).
+      x, y: one batch of inputs and labels (pytrees for several inputs or outputs).
+      model, loss, optimizer, metrics, loss_weights: as for ``fit`` (static under ``jax.jit``).
       mask: ``(batch,)`` booleans marking real rows; padding rows count for nothing.
 
     Returns:
       ``(state, logs)``: the updated state (unchanged if the loss is not finite) and
       the batch's mean ``loss`` and metrics, with ``nonfinite`` (a bool).
     """
-    loss_fn, names, metric_fns = _resolve(loss, metrics)
+    step = supervised(model, loss, optimizer, metrics, loss_weights)
     if mask is None:
-        mask = jnp.ones(x.shape[:1], jnp.bool_)
-    state, (loss_sum, metric_sums, count), nonfinite = _step(
-        state, x, y, mask, jnp.bool_(True), model=model, loss_fn=loss_fn,
-        metric_fns=metric_fns, optimizer=optimizer)
-    count = jnp.maximum(count, 1.0)
-    logs = {"loss": loss_sum / count, **{n: s / count for n, s in zip(names, metric_sums)}}
-    return state, {**logs, "nonfinite": nonfinite}
+        mask = jnp.ones(jax.tree.leaves(x)[0].shape[:1], jnp.bool_)
+    state, sums, nonfinite = guarded(step, state, (x, y), mask, jnp.bool_(True))
+    return state, {**step.logs(sums), "nonfinite": nonfinite}
 
 
-def train_steps(state: TrainState, x, y, index, mask, *, model: Layer, loss_fn: Callable,
-                metric_fns: Sequence[Callable], optimizer: optax.GradientTransformation,
-                sharding=None, progress: Callable | None = None, progress_every: int = 0,
-                stopped=False):
-    """Runs the batches ``index`` (rows of example positions into ``x``) in one scan.
+def guarded(step, state: TrainState, batch, mask, active, sharding=None):
+    """One masked step of ``step``: ``(state, sums, nonfinite)``.
 
-    Returns ``(state, sums, nonfinite_step)``: the summed loss and metrics with the
-    example count, and the row of the first non-finite step (-1 if none), after
-    which nothing is updated (nor at all when ``stopped``). With ``progress``, calls
-    it on the host with the rows done and the running means every ``progress_every`` rows.
+    Nothing changes when ``active`` is False, when the batch is all padding, or when
+    the step's loss is not finite (``nonfinite`` then says so). ``sharding`` (a
+    ``NamedSharding`` of the batch axis) constrains the batch for data parallelism.
     """
-    def body(carry, batch):
+    if sharding is not None:
+        batch = jax.tree.map(lambda a: jax.lax.with_sharding_constraint(a, sharding), batch)
+    mask = mask.astype(jnp.bool_)
+
+    def run(state):
+        new_state, sums, finite = step.train(state, batch, mask, step_key(state))
+        keep = finite & active
+        # A select, as optax.apply_if_finite does: the update is computed either way.
+        state = jax.tree.map(lambda new, old: jnp.where(keep, new, old), new_state, state)
+        return state, sums, ~finite
+
+    def skip(state):
+        return state, step.zero_sums(state, batch), jnp.bool_(False)
+
+    # A batch that is all padding (the tail of a chunked epoch) costs nothing.
+    return jax.lax.cond(jnp.any(mask), run, skip, state)
+
+
+def train_steps(step, state: TrainState, batches, index, mask, *, sharding=None,
+                stopped=False):
+    """Runs the batches ``index`` (rows of example positions into ``batches``) in one scan.
+
+    ``batches`` is the ``(x, y)`` pytree of the data (leading axis the examples).
+    Returns ``(state, sums, nonfinite_row)``: the step's summed logs, and the row of
+    the first non-finite step (-1 if none), after which nothing is updated (nor at
+    all when ``stopped``).
+    """
+    zero = step.zero_sums(state, jax.tree.map(lambda a: a[index[0]], batches))
+
+    def body(carry, rows):
         state, sums, bad, row = carry
-        idx, m = batch
-        state, step_sums, nonfinite = _step(
-            state, x[idx], y[idx], m, bad < 0, model=model, loss_fn=loss_fn,
-            metric_fns=metric_fns, optimizer=optimizer, sharding=sharding)
+        idx, m = rows
+        batch = jax.tree.map(lambda a: a[idx], batches)
+        state, step_sums, nonfinite = guarded(step, state, batch, m, bad < 0, sharding)
         bad = jnp.where((bad < 0) & nonfinite, row, bad)
-        sums = jax.tree.map(jnp.add, sums, step_sums)
-        if progress is not None:
-            jax.lax.cond((row + 1) % progress_every == 0,
-                         lambda: jax.debug.callback(progress, row + 1, _means(sums)),
-                         lambda: None)
-        return (state, sums, bad, row + 1), None
+        return (state, jax.tree.map(jnp.add, sums, step_sums), bad, row + 1), None
 
     bad = jnp.where(stopped, jnp.int32(index.shape[0]), jnp.int32(-1))
-    (state, sums, bad, _), _ = jax.lax.scan(body, (state, _zero_sums(metric_fns), bad,
-                                                   jnp.int32(0)), (index, mask))
+    (state, sums, bad, _), _ = jax.lax.scan(body, (state, zero, bad, jnp.int32(0)),
+                                            (index, mask))
     return state, sums, bad
 
 
-def _means(sums) -> dict[str, Any]:
-    loss_sum, metric_sums, count = sums
-    count = (max(float(count), 1.0) if isinstance(count, np.ndarray | np.generic | float)
-             else jnp.maximum(count, 1.0))
-    return {"loss": loss_sum / count, "metrics": tuple(s / count for s in metric_sums)}
-
-
-def _epoch(state, x, y, *, model, loss_fn, metric_fns, optimizer, batch_size, shuffle,
-           sharding=None, progress=None, progress_every=0, stopped=False):
-    index, mask = epoch_batches(state, x.shape[0], batch_size, shuffle)
-    state, sums, bad = train_steps(state, x, y, index, mask, model=model, loss_fn=loss_fn,
-                                   metric_fns=metric_fns, optimizer=optimizer, sharding=sharding,
-                                   progress=progress, progress_every=progress_every,
-                                   stopped=stopped)
-    state = state._replace(epoch=state.epoch + (bad < 0))
-    logs = {**_means(sums), "nonfinite_step": bad}
-    learning_rate = optim.epoch_learning_rate(state.opt_state)
-    if learning_rate is not None:
-        logs["learning_rate"] = learning_rate
-    return state, logs
-
-
-def train_epoch(state: TrainState, x, y, *, model: Layer, loss: str | Callable,
+def train_epoch(state: TrainState, x, y, *, model: Layer, loss: str | Callable | dict,
                 optimizer: optax.GradientTransformation,
-                metrics: Sequence[str | Callable] = (), batch_size: int = 32,
+                metrics: Sequence[str | Callable] | dict = (), batch_size: int = 32,
                 shuffle: bool = True, sharding=None,
-                progress: Callable[[jax.Array, dict], None] | None = None,
-                progress_every: int = 50) -> tuple[TrainState, dict[str, jax.Array]]:
+                loss_weights=None) -> tuple[TrainState, dict[str, jax.Array]]:
     """One epoch over ``(x, y)`` in one ``lax.scan``: shuffled, padded and masked; jittable.
 
     Args:
-      state: the ``TrainState``; its ``epoch`` and ``key`` choose the permutation.
+      state: the ``TrainState``; its ``key`` and ``step`` choose the permutation.
       x, y: the whole training set, on the device.
-      model, loss, optimizer, metrics: as for ``fit``.
+      model, loss, optimizer, metrics, loss_weights: as for ``fit``.
       batch_size: examples per step; the last batch is padded and masked.
       shuffle: draw a permutation (else the data order).
       sharding: a ``NamedSharding`` for each batch (data parallel), or None.
-      progress: called on the host as ``progress(steps_done, {"loss", "metrics"})`` every
-        ``progress_every`` steps (through ``jax.debug.callback``). It is part of the
-        compiled program: under ``jax.jit`` pass it as a static argument, and the same
-        callable to reuse the compilation.
-      progress_every: steps between ``progress`` calls.
 
     Returns:
       ``(state, logs)``: ``state.epoch`` is one more unless a loss was not finite, and
-      ``logs`` has the epoch's mean ``loss``, its metrics (in order) under ``metrics``,
-      ``nonfinite_step`` (-1, or the first step whose loss was not finite) and, when the
-      optimizer has an epoch schedule (``fnlearn.optim.scale_by_epoch_schedule``),
-      ``learning_rate``.
+      ``logs`` has the epoch's mean ``loss`` and metrics by name, ``nonfinite_step``
+      (-1, or the first step whose loss was not finite) and, when the optimizer has an
+      epoch schedule (``fnlearn.optim.scale_by_epoch_schedule``), ``learning_rate``.
     """
-    loss_fn, _, metric_fns = _resolve(loss, metrics)
-    return _epoch(state, x, y, model=model, loss_fn=loss_fn, metric_fns=metric_fns,
-                  optimizer=optimizer, batch_size=batch_size, shuffle=shuffle,
-                  sharding=sharding, progress=progress, progress_every=progress_every)
+    step = supervised(model, loss, optimizer, metrics, loss_weights)
+    num_examples = jax.tree.leaves(x)[0].shape[0]
+    state, sums, bad = epoch(step, state, (x, y), num_examples, batch_size, shuffle, sharding)
+    return state, {**step.logs(sums), **epoch_extras(state, bad)}
 
 
-def evaluate_arrays(params, model_state, x, y, *, model: Layer, loss_fn: Callable,
-                    metric_fns: Sequence[Callable], batch_size: int = EVAL_BATCH_SIZE):
-    """Masked loss and metric means over ``(x, y)`` in inference mode, chunked in one scan."""
-    index, mask = epoch_batches(None, x.shape[0], batch_size, shuffle=False)
-
-    def body(totals, batch):
-        idx, m = batch
-        _, (_, sums) = batch_stats(params, model_state, x[idx], y[idx], m, None, model=model,
-                                   loss_fn=loss_fn, metric_fns=metric_fns, train=False)
-        return jax.tree.map(jnp.add, totals, sums), None
-
-    sums, _ = jax.lax.scan(body, _zero_sums(metric_fns), (index, mask))
-    means = _means(sums)
-    return means["loss"], means["metrics"]
+def epoch(step, state: TrainState, batches, num_examples: int, batch_size: int,
+          shuffle: bool, sharding=None, stopped=False):
+    """A whole epoch of ``step`` over ``batches``: ``(state, sums, nonfinite_row)``."""
+    index, mask = epoch_batches(state, num_examples, batch_size, shuffle)
+    state, sums, bad = train_steps(step, state, batches, index, mask, sharding=sharding,
+                                   stopped=stopped)
+    return state._replace(epoch=state.epoch + (bad < 0)), sums, bad
 
 
-def predict_arrays(params, model_state, x, *, model: Layer, batch_size: int = EVAL_BATCH_SIZE):
-    """Model outputs in inference mode for every row of ``x``, chunked by ``batch_size``."""
-    n = x.shape[0]
-    steps = math.ceil(n / batch_size)
-    index = jnp.minimum(jnp.arange(steps * batch_size), n - 1).reshape(steps, batch_size)
-    out = jax.lax.map(lambda idx: apply(model, params, x[idx], state=model_state)[0], index)
-    return out.reshape(steps * batch_size, *out.shape[2:])[:n]
+def epoch_extras(state: TrainState, bad) -> dict[str, jax.Array]:
+    """``nonfinite_step`` and, for an optimizer with an epoch schedule, ``learning_rate``."""
+    extras = {"nonfinite_step": bad}
+    learning_rate = optim.epoch_learning_rate(state.opt_state)
+    if learning_rate is not None:
+        extras["learning_rate"] = learning_rate
+    return extras

@@ -2,6 +2,7 @@
 compilation cache."""
 
 import os
+import pathlib
 import tempfile
 
 import pytest
@@ -24,8 +25,12 @@ def pytest_configure(config):
     """Compiled programs go to a folder of this run, not the user's ``~/.cache/fnlearn/jax``.
 
     A compilation cache shared with other processes and older versions is not what the
-    tests are about; each run starts empty (subprocesses inherit the folder).
+    tests are about; each run starts empty (subprocesses inherit the folder). Subprocesses
+    also import this checkout's fnlearn, whatever else the environment has installed.
     """
+    root = str(pathlib.Path(__file__).resolve().parents[1])
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        [root, *filter(None, [os.environ.get("PYTHONPATH")])])
     if "FNLEARN_CACHE_DIR" not in os.environ and "JAX_COMPILATION_CACHE_DIR" not in os.environ:
         os.environ["FNLEARN_CACHE_DIR"] = tempfile.mkdtemp(prefix="fnlearn-test-jax-")
 

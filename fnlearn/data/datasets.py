@@ -422,7 +422,7 @@ def tensorflow_available() -> bool:
 
 
 def read_tfds_dataset(builder, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """``(images, labels)`` of a prepared tfds split, read through ``tf.data`` (needs TensorFlow)."""
+    """``(images, labels)`` of a prepared tfds split, read by ``tf.data`` (needs TensorFlow)."""
     import tensorflow_datasets as tfds
 
     # Fixed-size batches rather than batch_size=-1: the latter also breaks under tfds' mock_data.

@@ -218,17 +218,18 @@ def read_examples(source, positions: np.ndarray,
             np.stack([np.asarray(b) for _, b in items]))
 
 
-def chunks(steps: int, start: int, steps_per_call: int, save_every: int | None) -> list[tuple]:
+def chunks(steps: int, start: int, steps_per_call: int,
+           stops: Iterable[int] = ()) -> list[tuple[int, int]]:
     """The ``(begin, end)`` rows of each call from row ``start`` of a ``steps``-row epoch.
 
-    A call ends after ``steps_per_call`` rows, at the epoch's end, or at a multiple of
-    ``save_every`` (where a checkpoint is taken), whichever comes first.
+    A call ends after ``steps_per_call`` rows, at the epoch's end, or at one of the
+    ``stops`` (where the host looks: a checkpoint, a batch-level callback, the bar),
+    whichever comes first.
     """
+    stops = sorted(set(stops))
     out, begin = [], start
     while begin < steps:
-        end = min(begin + steps_per_call, steps)
-        if save_every:
-            end = min(end, (begin // save_every + 1) * save_every)
+        end = min([begin + steps_per_call, steps, *(s for s in stops if s > begin)])
         out.append((begin, end))
         begin = end
     return out
