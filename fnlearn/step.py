@@ -31,6 +31,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from fnlearn import cache, checks, optim
@@ -95,9 +96,10 @@ def apply_gradients(state: TrainState, grads, optimizer: optax.GradientTransform
 
 
 @partial(jax.jit, static_argnames=("model", "optimizer", "input_shape"))
-def _init_state(key, params, model_state, *, model, optimizer, input_shape):
+def _init_state(seed, params, model_state, *, model, optimizer, input_shape):
     # One compiled program instead of a dispatch (and a small compilation) per
-    # random draw and optimizer buffer.
+    # random draw and optimizer buffer. ``seed``: an int32 scalar or raw key data.
+    key = jax.random.key(seed) if seed.ndim == 0 else jax.random.wrap_key_data(seed)
     init_key, run_key = jax.random.split(key)
     _, fresh_params, fresh_state = init_with_state(model, init_key, input_shape)
     params = fresh_params if params is None else params
@@ -136,8 +138,11 @@ def init_state(model: Layer, optimizer: optax.GradientTransformation | str,
         params = jax.tree.map(lambda a: jnp.array(a, copy=True), params)
     if model_state is not None:
         model_state = jax.tree.map(lambda a: jnp.array(a, copy=True), model_state)
-    key = as_key(checks.check_seed(seed) if isinstance(seed, int | bool) else seed, "seed")
-    return _init_state(key, params, model_state, model=model, optimizer=optimizer,
+    if isinstance(seed, jax.Array):
+        seed = jax.random.key_data(as_key(seed, "seed"))
+    else:
+        seed = np.int32(checks.check_seed(seed))
+    return _init_state(seed, params, model_state, model=model, optimizer=optimizer,
                        input_shape=checks.shape_tree(input_shape))
 
 
@@ -190,13 +195,14 @@ def guarded(step, state: TrainState, batch, mask, active, sharding=None):
 
 
 def train_steps(step, state: TrainState, batches, index, mask, *, sharding=None,
-                stopped=False):
+                stopped=False, progress: Callable | None = None, progress_every: int = 0):
     """Runs the batches ``index`` (rows of example positions into ``batches``) in one scan.
 
     ``batches`` is the ``(x, y)`` pytree of the data (leading axis the examples).
     Returns ``(state, sums, nonfinite_row)``: the step's summed logs, and the row of
     the first non-finite step (-1 if none), after which nothing is updated (nor at
-    all when ``stopped``).
+    all when ``stopped``). With ``progress``, calls it on the host with the rows done
+    and the running logs every ``progress_every`` rows (``jax.debug.callback``).
     """
     zero = step.zero_sums(state, jax.tree.map(lambda a: a[index[0]], batches))
 
@@ -206,7 +212,12 @@ def train_steps(step, state: TrainState, batches, index, mask, *, sharding=None,
         batch = jax.tree.map(lambda a: a[idx], batches)
         state, step_sums, nonfinite = guarded(step, state, batch, m, bad < 0, sharding)
         bad = jnp.where((bad < 0) & nonfinite, row, bad)
-        return (state, jax.tree.map(jnp.add, sums, step_sums), bad, row + 1), None
+        sums = jax.tree.map(jnp.add, sums, step_sums)
+        if progress is not None:
+            jax.lax.cond((row + 1) % progress_every == 0,
+                         lambda: jax.debug.callback(progress, row + 1, step.logs(sums)),
+                         lambda: None)
+        return (state, sums, bad, row + 1), None
 
     bad = jnp.where(stopped, jnp.int32(index.shape[0]), jnp.int32(-1))
     (state, sums, bad, _), _ = jax.lax.scan(body, (state, zero, bad, jnp.int32(0)),
@@ -217,8 +228,9 @@ def train_steps(step, state: TrainState, batches, index, mask, *, sharding=None,
 def train_epoch(state: TrainState, x, y, *, model: Layer, loss: str | Callable | dict,
                 optimizer: optax.GradientTransformation,
                 metrics: Sequence[str | Callable] | dict = (), batch_size: int = 32,
-                shuffle: bool = True, sharding=None,
-                loss_weights=None) -> tuple[TrainState, dict[str, jax.Array]]:
+                shuffle: bool = True, sharding=None, loss_weights=None,
+                progress: Callable[[jax.Array, dict], None] | None = None,
+                progress_every: int = 50) -> tuple[TrainState, dict[str, jax.Array]]:
     """One epoch over ``(x, y)`` in one ``lax.scan``: shuffled, padded and masked; jittable.
 
     Args:
@@ -228,6 +240,11 @@ def train_epoch(state: TrainState, x, y, *, model: Layer, loss: str | Callable |
       batch_size: examples per step; the last batch is padded and masked.
       shuffle: draw a permutation (else the data order).
       sharding: a ``NamedSharding`` for each batch (data parallel), or None.
+      progress: called on the host as ``progress(steps_done, logs)`` every
+        ``progress_every`` steps (through ``jax.debug.callback``), ``logs`` the running
+        values. It is part of the compiled program: under ``jax.jit`` pass it as a static
+        argument, and the same callable to reuse the compilation.
+      progress_every: steps between ``progress`` calls.
 
     Returns:
       ``(state, logs)``: ``state.epoch`` is one more unless a loss was not finite, and
@@ -237,16 +254,17 @@ def train_epoch(state: TrainState, x, y, *, model: Layer, loss: str | Callable |
     """
     step = supervised(model, loss, optimizer, metrics, loss_weights)
     num_examples = jax.tree.leaves(x)[0].shape[0]
-    state, sums, bad = epoch(step, state, (x, y), num_examples, batch_size, shuffle, sharding)
+    state, sums, bad = epoch(step, state, (x, y), num_examples, batch_size, shuffle, sharding,
+                             progress=progress, progress_every=progress_every)
     return state, {**step.logs(sums), **epoch_extras(state, bad)}
 
 
 def epoch(step, state: TrainState, batches, num_examples: int, batch_size: int,
-          shuffle: bool, sharding=None, stopped=False):
+          shuffle: bool, sharding=None, stopped=False, **progress):
     """A whole epoch of ``step`` over ``batches``: ``(state, sums, nonfinite_row)``."""
     index, mask = epoch_batches(state, num_examples, batch_size, shuffle)
     state, sums, bad = train_steps(step, state, batches, index, mask, sharding=sharding,
-                                   stopped=stopped)
+                                   stopped=stopped, **progress)
     return state._replace(epoch=state.epoch + (bad < 0)), sums, bad
 
 

@@ -25,7 +25,7 @@ from fnlearn.loop.hooks import Callback, Hooks
 from fnlearn.loop.progress import Progress
 from fnlearn.loop.stream import StreamFeed, probe
 from fnlearn.nn.core import Layer
-from fnlearn.objectives import Custom, supervised
+from fnlearn.objectives import Custom, Supervised, supervised
 from fnlearn.state import History, TrainState
 
 EVAL_BATCH_SIZE = compiled.EVAL_BATCH_SIZE
@@ -36,9 +36,8 @@ def is_source(x) -> bool:
     """Whether ``x`` is a data source to stream (not arrays, nor a dict or tuple of them)."""
     if isinstance(x, sources.Stream):
         return True
-    if isinstance(x, np.ndarray | jax.Array | list | tuple | dict) or np.isscalar(x):
-        return False
-    return hasattr(x, "__getitem__") and hasattr(x, "__len__")
+    return not (isinstance(x, np.ndarray | jax.Array | list | tuple | dict)
+                or np.isscalar(x) or hasattr(x, "__array__"))
 
 
 def fit(model: Layer | None, x, y=None, *, loss: str | Callable | dict | None = None,
@@ -140,12 +139,12 @@ def fit(model: Layer | None, x, y=None, *, loss: str | Callable | dict | None = 
         batches = jax.tree.map(place, (x, y))
         feed = ArrayFeed(train_step, batches, n, batch_size, shuffle, sharding, validation)
     zero_sums = feed.zero_sums(state)
-    names = list(zero_sums)
+    names = train_step.names() if isinstance(train_step, Supervised) else list(zero_sums)
     names += [f"val_{name}" for name in names] if validation is not None else []
     names += ["learning_rate"] if optim.epoch_learning_rate(state.opt_state) is not None else []
     hooks.set_params(epochs=epochs, steps=feed.steps, verbose=verbose, names=names)
     run = epoch_loop.Run(feed, hooks, Progress(verbose, feed.steps), progress_every,
-                         epoch_loop.sums_codec(zero_sums))
+                         epoch_loop.sums_codec(zero_sums), names)
     state = epoch_loop.train(run, state, history, epochs)
     return hooks.train_end(state, history), history
 
@@ -223,7 +222,9 @@ def evaluate(model: Layer | None, params, x, y=None, *, loss: str | Callable | d
     batches = jax.tree.map(lambda a: pad_rows(a, padded), (x, y))
     zeros = compiled.evaluation_zeros(step, state, batches)
     _, logs = compiled.evaluate(state, batches, np.int32(n), zeros, step=step, chunk=chunk)
-    return {name: float(value) for name, value in jax.device_get(logs).items()}
+    logs = jax.device_get(logs)
+    order = step.names() if isinstance(step, Supervised) else sorted(logs)
+    return {name: float(logs[name]) for name in order}
 
 
 def predict(model: Layer, params, x, *, batch_size: int = EVAL_BATCH_SIZE,

@@ -17,7 +17,7 @@ from fnlearn import nn, optim
 from fnlearn.callbacks import EarlyStopping, ModelCheckpoint
 
 
-class SlowEpochs:
+class SlowEpochs(fnlearn.Callback):
     """Sleeps after each epoch, so a test can kill the process at a random point of a run."""
 
     def __init__(self, seconds: float):

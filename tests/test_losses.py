@@ -56,7 +56,9 @@ def test_mean_squared_error_is_per_example_and_refuses_broadcasting():
 def test_accuracy_and_metric_lookup():
     preds = jnp.array([[0.1, 0.9], [0.8, 0.2], [0.3, 0.7]])
     np.testing.assert_array_equal(losses.accuracy(jnp.array([1, 1, 1]), preds), [1, 0, 1])
-    assert losses.get_metric("accuracy")[1] is losses.accuracy
+    metric = losses.get_metric("accuracy")
+    assert metric.fn is losses.accuracy and metric.name == "accuracy"
+    assert losses.get_metric("accuracy") == metric  # equal: compiled programs are reused
     with pytest.raises(ValueError, match="unknown metric 'acc_top5'"):
         losses.get_metric("acc_top5")
 

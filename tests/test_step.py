@@ -54,7 +54,7 @@ def test_a_stateful_layer_keeps_its_state_in_the_train_state_and_counts_masked_r
     replay = fl.init_state(stateful_model(), "adam", (8,))
     mean = np.zeros(8)
     for epoch in range(2):
-        index, mask = fl.epoch_batches(replay._replace(epoch=jnp.int32(epoch)), 300, 64)
+        index, mask = fl.epoch_batches(replay._replace(step=jnp.int32(5 * epoch)), 300, 64)
         for rows, real in zip(np.asarray(index), np.asarray(mask)):
             mean = 0.5 * mean + 0.5 * x[rows[real]].mean(0)
     np.testing.assert_allclose(state.model_state["running_mean_0"]["mean"], mean, rtol=1e-5)

@@ -18,7 +18,7 @@ import pytest
 import fnlearn
 from fnlearn import nn, optim, sources
 from fnlearn.callbacks import ModelCheckpoint
-from fnlearn.state import NonFiniteLossError
+from fnlearn.state import History, NonFiniteLossError
 
 ROOT = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
@@ -160,7 +160,7 @@ def test_bad_sources_are_refused_naming_the_argument():
     import grain
 
     x, y = _data()
-    with pytest.raises(TypeError, match="x is an array but y is None"):
+    with pytest.raises(ValueError, match=r"x has no labels \(y is None\)"):
         _fit(x)
     with pytest.raises(TypeError, match="random-access source"):
         _fit(iter([(x[0], y[0])]))
@@ -200,10 +200,11 @@ class DictSourcePairs(DictSource):
 
 
 def test_calls_end_at_checkpoint_positions():
-    assert sources.chunks(28, 0, 4, 6) == [(0, 4), (4, 6), (6, 10), (10, 12), (12, 16),
-                                          (16, 18), (18, 22), (22, 24), (24, 28)]
-    assert sources.chunks(28, 18, 4, 6) == [(18, 22), (22, 24), (24, 28)]
-    assert sources.chunks(10, 0, 4, None) == [(0, 4), (4, 8), (8, 10)]
+    stops = range(6, 28, 6)
+    assert sources.chunks(28, 0, 4, stops) == [(0, 4), (4, 6), (6, 10), (10, 12), (12, 16),
+                                               (16, 18), (18, 22), (22, 24), (24, 28)]
+    assert sources.chunks(28, 18, 4, stops) == [(18, 22), (22, 24), (24, 28)]
+    assert sources.chunks(10, 0, 4) == [(0, 4), (4, 8), (8, 10)]
 
 
 def test_background_hands_on_errors_and_stops_when_closed():
@@ -320,14 +321,15 @@ def test_mid_epoch_checkpoint_needs_save_every_steps_to_resume(tmp_path):
     x, y = _data()
     state = fnlearn.init_state(_model(), optim.keras_adam(), (8,), seed=3)
     state = state._replace(step=state.step + 3)  # as if 3 batches of epoch 1 were done
-    save_checkpoint(tmp_path, state, metadata={"position": 3, "sums": [1.0, [0.5], 96.0]},
-                    number=3)
+    # The running sums of those 3 batches: the loss and accuracy totals with their counts.
+    partial = {"epoch": 0, "batch": 3, "sums": [96.0, 48.0, 96.0, 96.0]}
+    save_checkpoint(tmp_path, state, History(in_progress=partial), number=3)
     with pytest.raises(ValueError, match="saved within an epoch; resume it with"):
         _fit(x, y, resume=True, callbacks=[ModelCheckpoint(tmp_path, verbose=0)])
     checkpoint = ModelCheckpoint(tmp_path, save_every_steps=3, verbose=0)
-    resumed, _ = _fit(x, y, epochs=1, resume=True, callbacks=[checkpoint])
-    assert checkpoint.restored_position == (3, [1.0, [0.5], 96.0])
+    resumed, history = _fit(x, y, epochs=1, resume=True, callbacks=[checkpoint])
     assert int(resumed.step) == 16  # the 13 batches left of the epoch's 16
+    assert history.in_progress is None and history.epoch == [0]
 
 
 def test_stream_benchmark_reports_each_mode_against_in_memory(tmp_path):

@@ -100,20 +100,21 @@ def _collectives() -> dict:
     """Collective ops in the compiled call of a streamed fit on 4 devices, by kind."""
     import re
 
-    from fnlearn import distributed, sources, stream_fit, train
+    from fnlearn import distributed, sources
+    from fnlearn.loop import compiled as programs
 
-    compiled, calls = train._compiled_train_steps, []
+    compiled, calls = programs.train_rows, []
 
     def recording(*args, **kwargs):
         calls.append((args, kwargs))
         return compiled(*args, **kwargs)
 
-    stream_fit.train_lib._compiled_train_steps = recording
+    programs.train_rows = recording
     x, y = _dataset()
     _fit(sources.ArraySource(x, y), None, distributed.make_mesh())
     args, kwargs = calls[0]
     hlo = compiled.lower(*args, **kwargs).compile().as_text()
-    return {"block_spec": list(args[1].sharding.spec), **{
+    return {"block_spec": list(args[3][0].sharding.spec), **{
         op: len(re.findall(op + r"(?:-start)?\(", hlo))
         for op in ("all-gather", "all-to-all", "collective-permute", "all-reduce")}}
 

@@ -43,7 +43,7 @@ def test_one_compilation_per_shape_whatever_the_epoch_count_and_verbosity():
     # verbose=2 (one epoch per call) reuses verbose=0's.
     x, y = blobs()
     model, optimizer = mlp(), fl.optim.keras_adam()
-    expected = {0: "jit(_train_epochs)", 1: "jit(train_steps)", 2: None}
+    expected = {0: "jit(_train_epochs)", 1: "jit(train_rows)", 2: None}
     for verbose, program in expected.items():
         counts = []
         for epochs in (1, 2, 3):
@@ -116,8 +116,11 @@ def test_verbose_1_shows_a_live_progress_bar_and_verbose_2_keras_lines(capsys):
     fl.fit(mlp(), x, y, loss=LOSS, optimizer=fl.optim.keras_adam(), metrics=["accuracy"],
            epochs=2, batch_size=32, verbose=2)
     out = capsys.readouterr().out.splitlines()
-    assert out[0] == "Epoch 1/2" and out[2] == "Epoch 2/2"
-    assert out[1].startswith("20/20 - ") and " - loss: " in out[1] and " - accuracy: " in out[1]
+    # The run's first line says where compiled programs are cached, and how to stop it.
+    assert out[0].startswith("fnlearn: compiled programs are cached in ")
+    assert "FNLEARN_COMPILATION_CACHE=0" in out[0]
+    assert out[1] == "Epoch 1/2" and out[3] == "Epoch 2/2"
+    assert out[2].startswith("20/20 - ") and " - loss: " in out[2] and " - accuracy: " in out[2]
 
 
 def test_nan_loss_stops_training_naming_epoch_and_step():

@@ -6,21 +6,6 @@ from convnet_recipe import load_split, parse_args, report_epochs
 from mnist_idx import missing
 
 
-class EpochClock:
-    """A callback that timestamps every epoch's end (training plus validation)."""
-
-    def __init__(self):
-        self.times = []
-
-    def on_train_begin(self, state, history, resume):
-        self.times = [time.perf_counter()]
-
-    def on_epoch_end(self, epoch, state, logs, history):
-        self.times.append(time.perf_counter())
-        self.accuracy = logs.get("val_accuracy")
-        return False
-
-
 def main(argv: list[str] | None = None) -> None:
     """Train epochs of training + validation with `fl.fit`, then print `BENCH_RESULT`.
 
@@ -35,6 +20,17 @@ def main(argv: list[str] | None = None) -> None:
         import fnlearn as fl
     except ImportError:
         missing("fnlearn")
+
+    class EpochClock(fl.Callback):
+        """Timestamps every epoch's end (training plus validation)."""
+
+        def on_train_begin(self, state, history, resume):
+            self.times = [time.perf_counter()]
+
+        def on_epoch_end(self, epoch, state, logs, history):
+            self.times.append(time.perf_counter())
+            self.accuracy = logs.get("val_accuracy")
+            return False
 
     x, y, xv, yv = load_split(args)
     if args.recipe == "keras":

@@ -84,8 +84,9 @@ class ArrayFeed:
         static = dict(step=self.step, rows=rows, sharding=self.sharding)
         for begin in range(done, self.steps, rows):
             def dispatch(state, sums, stopped, begin=begin):
-                return compiled.train_rows(state, sums, self.batches, index, mask,
-                                           np.int32(begin), stopped, **static)
+                return compiled.train_rows(state, sums, stopped, self.batches, index, mask,
+                                           np.int32(begin), np.bool_(begin + rows >= self.steps),
+                                           **static)
 
             yield begin, min(begin + rows, self.steps), dispatch
 

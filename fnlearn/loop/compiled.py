@@ -129,20 +129,26 @@ def epoch_index(state, num_examples, batch_size, shuffle, rows):
     return jnp.pad(index, pad), jnp.pad(mask, pad)
 
 
-@partial(jax.jit, donate_argnums=(0, 1), static_argnames=("step", "rows", "sharding"))
-def train_rows(state, sums, batches, index, mask, begin, stopped, *, step, rows, sharding):
+@partial(jax.jit, donate_argnums=(0, 1, 2), static_argnames=("step", "rows", "sharding"))
+def train_rows(state, sums, stopped, batches, index, mask, begin, last, *, step, rows,
+               sharding):
     """Runs the ``rows`` batches ``index[begin:begin + rows]``, adding to the epoch's ``sums``.
 
-    Returns ``(state, sums, logs, nonfinite_row)``: ``logs`` are the epoch's running
-    values so far, ``nonfinite_row`` the row (counted from ``begin``) of the first
-    non-finite step, -1 if none.
+    Nothing is updated once ``stopped`` (a non-finite loss earlier in the epoch). With
+    ``last``, the epoch ends here: ``state.epoch`` counts it unless a loss was not finite.
+
+    Returns ``(state, sums, stopped, logs, nonfinite_row)``: ``logs`` are the epoch's
+    running values so far, ``nonfinite_row`` the row (counted from ``begin``) of this
+    call's first non-finite step, -1 if none.
     """
     index = jax.lax.dynamic_slice_in_dim(index, begin, rows)
     mask = jax.lax.dynamic_slice_in_dim(mask, begin, rows)
     state, more, bad = step_lib.train_steps(step, state, batches, index, mask,
                                             sharding=sharding, stopped=stopped)
+    stopped = stopped | (bad >= 0)
+    state = state._replace(epoch=state.epoch + (last & ~stopped))
     sums = jax.tree.map(jnp.add, sums, more)
-    return state, sums, step.logs(sums), bad
+    return state, sums, stopped, step.logs(sums), bad
 
 
 def zero_sums(step, state: TrainState, batches):

@@ -36,8 +36,8 @@ class Feed(Protocol):
     ``steps`` batches make an epoch; ``calls(state, done, ends)`` yields, for the
     batches after ``done``, ``(begin, end, dispatch)`` where ``dispatch(state, sums,
     stopped)`` queues the compiled call for batches ``begin..end`` and returns
-    ``(state, sums, logs, nonfinite_row)`` as device values; calls end at every
-    batch in ``ends``. ``zero_sums(state)`` are the epoch's starting sums;
+    ``(state, sums, stopped, logs, nonfinite_row)`` as device values (the call that
+    ends the epoch counts it in ``state.epoch``); calls end at every batch in ``ends``. ``zero_sums(state)`` are the epoch's starting sums;
     ``validate(state)`` the validation logs (``val_``-prefixed host floats, or {}).
     ``run_epochs(state, count)`` is the fast road: ``count`` (at most
     ``epochs_per_call``, 0 where the driver has no fast road) whole epochs in one call.
@@ -64,6 +64,12 @@ class Run:
     progress: Progress
     progress_every: int
     sums_codec: tuple[Callable, Callable]  # sums -> plain JSON list, and back
+    names: list[str]  # the epoch logs' names, in the order they are shown
+
+    def ordered(self, logs: dict[str, float]) -> dict[str, float]:
+        """``logs`` in ``names`` order (compiled programs hand dicts back sorted)."""
+        return {**{n: logs[n] for n in self.names if n in logs},
+                **{n: v for n, v in logs.items() if n not in self.names}}
 
 
 def _stops(run: Run) -> set[int]:
@@ -102,8 +108,8 @@ def train(run: Run, state: TrainState, history: History, epochs: int) -> TrainSt
                 bad = int(stacked["nonfinite_step"][i])
                 if bad >= 0:
                     raise run.progress.nonfinite(epoch + i, bad, state)
-                results.append(({k: float(v[i]) for k, v in stacked.items()
-                                  if k != "nonfinite_step"}, run.feed.steps))
+                results.append((run.ordered({k: float(v[i]) for k, v in stacked.items()
+                                             if k != "nonfinite_step"}), run.feed.steps))
         else:
             state, logs, seconds, ran = _one_epoch(run, state, history, epoch, epochs, stops)
             results = [(logs, ran)]
@@ -136,32 +142,31 @@ def _one_epoch(run: Run, state, history: History, epoch: int, epochs: int, stops
         for begin, end, logs, bad in jax.device_get(pending):
             if bad >= 0:
                 raise progress.nonfinite(epoch, begin + int(bad), state)
-            progress.batches_done(end, to_floats(logs))
+            progress.batches_done(end, run.ordered(to_floats(logs)))
         pending.clear()
 
     logs = {}
     for begin, end, dispatch in feed.calls(state, done, stops):
-        state, sums, logs, bad = dispatch(state, sums, stopped)
-        stopped = stopped | (bad >= 0)
+        state, sums, stopped, logs, bad = dispatch(state, sums, stopped)
         pending.append((begin, end, logs, bad))
         if end in stops:
             settle(state)
             if end < feed.steps and run.hooks.batch_period and end % run.hooks.batch_period == 0:
                 history.in_progress = {"epoch": epoch, "batch": end,
                                        "sums": run.sums_codec[0](jax.device_get(sums))}
-                run.hooks.batch_end(end, state, to_floats(jax.device_get(logs)), history)
+                run.hooks.batch_end(end, state, run.ordered(to_floats(jax.device_get(logs))),
+                                    history)
         elif len(pending) > 1:
             # Reading the previous call's results waits for it, not for the one just queued.
             last = pending.pop()
             settle(state)
             pending.append(last)
     settle(state)
-    state = state._replace(epoch=state.epoch + 1)
     logs = {**to_floats(jax.device_get(logs)), **feed.validate(state)}
     learning_rate = optim.epoch_learning_rate(state.opt_state)
     if learning_rate is not None:
         logs["learning_rate"] = float(learning_rate)
-    return state, logs, time.perf_counter() - started, feed.steps - done
+    return state, run.ordered(logs), time.perf_counter() - started, feed.steps - done
 
 
 def sums_codec(zero_sums) -> tuple[Callable, Callable]:

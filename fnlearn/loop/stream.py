@@ -121,8 +121,8 @@ class StreamFeed:
         for begin, end, (x, y, m) in sources.blocks(
                 self.source, np.asarray(index), np.asarray(mask), plan, self.rows, self.columns,
                 self.place_block, self.stream.workers, self.stream.prefetch):
-            def dispatch(state, sums, stopped, x=x, y=y, m=m):
-                return compiled.train_rows(state, sums, (x, y), self.rows_index, m,
-                                           np.int32(0), stopped, **static)
+            def dispatch(state, sums, stopped, x=x, y=y, m=m, end=end):
+                return compiled.train_rows(state, sums, stopped, (x, y), self.rows_index, m,
+                                           np.int32(0), np.bool_(end >= self.steps), **static)
 
             yield begin, end, dispatch
