@@ -163,6 +163,8 @@ class ModelCheckpoint(Callback):
     def on_train_batch_end(self, batch: int, state: TrainState, logs: dict[str, float],
                            history: History) -> None:
         """Saves mid-epoch: ``batch`` batches of the epoch done (``history.in_progress``)."""
+        if history.in_progress is None:
+            return  # the epoch's last batch: on_epoch_end saves it, validation included
         path = save_checkpoint(self.directory, state, history, keep=self.keep,
                                metadata={"monitor": self.monitor, "best": self.best},
                                number=int(state.step))

@@ -29,8 +29,9 @@ _PROBABILITY_LOSSES = (losses_lib.sparse_categorical_crossentropy,
 
 
 def _check_dtype(name: str, dtype) -> None:
-    if dtype == np.dtype(object) or not (jax.dtypes.issubdtype(dtype, np.number) or dtype == np.bool_
-                               or jax.dtypes.issubdtype(dtype, np.floating)):
+    numeric = (jax.dtypes.issubdtype(dtype, np.number) or dtype == np.bool_
+               or jax.dtypes.issubdtype(dtype, np.floating))
+    if dtype == np.dtype(object) or not numeric:
         raise TypeError(f"{name} must be a numeric array, got dtype {dtype}")
     if jax.dtypes.issubdtype(dtype, np.complexfloating):
         raise TypeError(f"{name} must be real numbers, got dtype {dtype}")

@@ -71,7 +71,8 @@ class CSVLogger(Callback):
 
     def on_train_batch_end(self, batch: int, state: Any, logs: dict[str, float],
                            history: Any) -> None:
-        self._write(int(state.epoch), logs, batch)
+        if batch < self.params.get("steps", batch + 1):  # the epoch's end row follows
+            self._write(int(state.epoch), logs, batch)
 
     def on_epoch_end(self, epoch: int, state: Any, logs: dict[str, float], history: Any) -> bool:
         self._write(epoch, logs, self.params.get("steps") if self.batch_frequency else None)

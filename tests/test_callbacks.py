@@ -174,3 +174,110 @@ def test_epochs_are_counted_alike_by_history_callbacks_and_checkpoints(tmp_path)
     assert best_history.epoch[-1] == stopper.best_epoch
     assert all(np.array_equal(a, b) for a, b in
                zip(jax.tree.leaves(best.params), jax.tree.leaves(stopper.best_params), strict=True))
+
+
+class Recorder(fnlearn.Callback):
+    """Records every hook call, and halves the learning rate before epoch 1."""
+
+    batch_frequency = 2
+
+    def __init__(self):
+        self.calls = []
+
+    def on_train_begin(self, state, history, resume):
+        self.calls.append(("train_begin", self.params))
+
+    def on_epoch_begin(self, epoch, state):
+        self.calls.append(("epoch_begin", epoch))
+        if epoch == 1:
+            return state._replace(opt_state=optim.with_learning_rate(state.opt_state, 0.005))
+        return None
+
+    def on_train_batch_end(self, batch, state, logs, history):
+        self.calls.append(("batch_end", batch, sorted(logs), int(state.step)))
+
+    def on_epoch_end(self, epoch, state, logs, history):
+        rate = float(optim.learning_rate(state.opt_state))
+        self.calls.append(("epoch_end", epoch, round(rate, 6)))
+        return False
+
+    def on_train_end(self, state, history):
+        self.calls.append(("train_end",))
+
+
+def test_callbacks_get_every_hook_in_order_with_batch_hooks_every_n_batches():
+    recorder = Recorder()
+    train(2, [recorder])
+    calls = recorder.calls
+    assert calls[0][0] == "train_begin" and calls[-1] == ("train_end",)
+    # 64 examples in batches of 16: 4 batches an epoch, a batch hook after 2 and 4.
+    assert calls[1:-1] == [
+        ("epoch_begin", 0), ("batch_end", 2, ["accuracy", "loss"], 2),
+        ("batch_end", 4, ["accuracy", "loss"], 4), ("epoch_end", 0, 0.01),
+        ("epoch_begin", 1), ("batch_end", 2, ["accuracy", "loss"], 6),
+        ("batch_end", 4, ["accuracy", "loss"], 8), ("epoch_end", 1, 0.005)]
+    assert recorder.params == {"epochs": 2, "steps": 4, "verbose": 0, "names": [
+        "loss", "accuracy", "val_loss", "val_accuracy"]}
+
+
+def test_an_object_that_is_not_a_callback_is_refused_naming_the_base_class():
+    class Duck:
+        def on_epoch_end(self, epoch, state, logs, history):
+            return False
+
+    with pytest.raises(TypeError, match=r"callbacks\[0\] is a Duck, not a fnlearn.Callback"):
+        train(1, [Duck()])
+
+
+def test_resume_asks_for_a_callback_that_restores_runs(tmp_path):
+    from fnlearn.logging import CSVLogger
+
+    with pytest.raises(ValueError, match="resume=True needs a callback that restores a run"):
+        train(1, [CSVLogger(tmp_path / "log.csv")], resume=True)
+
+
+def test_learning_rate_scheduler_sets_the_rate_each_epoch_without_recompiling():
+    from fnlearn.callbacks import LearningRateScheduler
+
+    rates = []
+
+    class Watch(fnlearn.Callback):
+        def on_epoch_end(self, epoch, state, logs, history):
+            rates.append(float(optim.learning_rate(state.opt_state)))
+
+    schedule = LearningRateScheduler(lambda epoch, lr: 0.01 * 0.5 ** epoch)
+    net, optimizer = model(), optim.keras_adam(0.01)
+
+    def run(epochs):
+        fnlearn.fit(net, X, Y, loss="sparse_categorical_crossentropy", optimizer=optimizer,
+                    epochs=epochs, batch_size=16, verbose=0, callbacks=[schedule, Watch()])
+
+    run(1)
+    with fnlearn.count_compilations() as compiled:
+        run(4)
+    assert rates[1:] == pytest.approx([0.01, 0.005, 0.0025, 0.00125])
+    assert compiled["jit(_train_epochs)"] == 0  # the rate is a value in the state
+
+
+def test_reduce_lr_on_plateau_follows_keras():
+    from fnlearn.callbacks import ReduceLROnPlateau
+
+    callback = ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=1, min_lr=0.003)
+    state = fnlearn.init_state(model(), optim.keras_adam(0.01), (4,))
+    callback.on_train_begin(state, History(), False)
+    rates = []
+    for epoch, value in enumerate([1.0, 0.9, 0.95, 0.97, 0.98, 0.99]):
+        state = callback.on_epoch_begin(epoch, state) or state
+        rates.append(float(optim.learning_rate(state.opt_state)))
+        callback.on_epoch_end(epoch, state, {"val_loss": value}, None)
+    # No improvement after epochs 2, 3, 4 (patience 1): 0.01 -> 0.005 -> 0.003 (min_lr).
+    assert rates == pytest.approx([0.01, 0.01, 0.01, 0.005, 0.003, 0.003])
+
+
+def test_learning_rate_callbacks_name_the_fix_for_an_optimizer_without_a_kept_rate():
+    from fnlearn.callbacks import LearningRateScheduler
+
+    with pytest.raises(ValueError, match=r"optax.inject_hyperparams\(optax.adam\)"):
+        fnlearn.fit(model(), X, Y, loss="sparse_categorical_crossentropy",
+                    optimizer=optim.torch_adam(), epochs=1, verbose=0,
+                    callbacks=[LearningRateScheduler(lambda epoch: 0.1)])

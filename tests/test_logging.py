@@ -103,3 +103,42 @@ def test_tensorboard_without_validation_writes_only_the_train_run(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["train"]
     event_files = list((tmp_path / "train").glob("events.out.tfevents.*"))
     assert len(event_files) == 1 and event_files[0].stat().st_size > 0
+
+
+def test_csv_logger_writes_a_row_every_n_batches_on_both_drivers(tmp_path):
+    # 64 examples in batches of 16: 4 batches an epoch; a row after batches 2 and 4.
+    memory_path, stream_path = tmp_path / "memory.csv", tmp_path / "stream.csv"
+    _, memory_history = train(2, [CSVLogger(memory_path, update_freq=2)])
+    model = nn.serial(nn.Dense(8, "relu"), nn.Dense(2, "softmax"))
+    _, stream_history = fnlearn.fit(
+        model, fnlearn.sources.ArraySource(X[:64], Y[:64]), None,
+        loss="sparse_categorical_crossentropy", optimizer=optim.keras_adam(0.01),
+        metrics=["accuracy"], epochs=2, batch_size=16, validation_data=(X[64:], Y[64:]),
+        seed=3, verbose=0, callbacks=[CSVLogger(stream_path, update_freq=2)])
+    for path, history in ((memory_path, memory_history), (stream_path, stream_history)):
+        rows = read_csv(path)
+        assert rows[0] == ["epoch", "batch", "loss", "accuracy", "val_loss", "val_accuracy"]
+        assert [row[:2] for row in rows[1:]] == [["0", "2"], ["0", "4"], ["1", "2"], ["1", "4"]]
+        # Batch rows carry the running training values; validation comes at the epoch's end.
+        assert rows[1][4:] == ["NA", "NA"]
+        epoch_ends = [rows[2], rows[4]]
+        assert [float(row[2]) for row in epoch_ends] == history.history["loss"]
+        assert [float(row[4]) for row in epoch_ends] == history.history["val_loss"]
+    assert read_csv(memory_path) == read_csv(stream_path)  # one epoch loop, the same numbers
+
+
+def test_update_freq_is_checked():
+    with pytest.raises(ValueError, match="update_freq must be 'epoch' or a positive int"):
+        CSVLogger("x.csv", update_freq="batch")
+    with pytest.raises(ValueError, match="update_freq must be 'epoch' or a positive int"):
+        TensorBoard("logs", update_freq=0)
+
+
+def test_tensorboard_update_freq_writes_batch_scalars_at_the_optimizer_step(tmp_path):
+    _, history = train(2, [TensorBoard(tmp_path, update_freq=2)], validation=False)
+    scalars = event_scalars(tmp_path / "train")
+    assert [step for step, _ in scalars["batch_loss"]] == [2, 4, 6, 8]
+    assert [step for step, _ in scalars["epoch_loss"]] == [0, 1]
+    # The batch-4 value of an epoch is its running mean over all 4 batches: the epoch's loss.
+    assert [value for step, value in scalars["batch_loss"] if step % 4 == 0] == pytest.approx(
+        history.history["loss"], rel=1e-6)

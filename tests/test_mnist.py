@@ -56,6 +56,7 @@ def test_resume_and_export_flags(tmp_path, capsys):
 
 def test_fashion_mnist_in_one_flag_with_logs(tmp_path, capsys):
     import numpy as np
+
     from fnlearn.data.idx import FILE_NAMES
 
     rng = np.random.default_rng(0)

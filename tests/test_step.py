@@ -166,3 +166,60 @@ def test_mesh_placement_carries_the_model_state():
     assert meshed.model_state["running_mean_0"]["mean"].sharding.is_fully_replicated
     for a, b in zip(jax.tree.leaves(plain), jax.tree.leaves(meshed)):
         np.testing.assert_allclose(a, b, rtol=1e-6)
+
+
+def test_a_loop_that_forgets_the_epoch_count_still_reshuffles():
+    # The documented loop bumps state.epoch; one that forgets still draws a new order,
+    # because the order comes from the step the epoch begins at.
+    model, optimizer = nn.serial(nn.Dense(3, "softmax")), fl.optim.keras_adam()
+    x, y = blobs(96)
+    state = fl.init_state(model, optimizer, (8,))
+    step = jax.jit(functools.partial(fl.train_step, model=model, loss=LOSS, optimizer=optimizer))
+    orders = []
+    for _ in range(2):
+        index, mask = fl.epoch_batches(state, len(x), 32)
+        orders.append(np.asarray(index))
+        for rows, real in zip(index, mask):
+            state, _ = step(state, x[rows], y[rows], mask=real)
+    assert int(state.epoch) == 0 and int(state.step) == 6
+    assert not np.array_equal(orders[0], orders[1])
+    assert sorted(orders[1].ravel()) == list(range(96))
+
+
+def test_one_seed_as_an_int_or_a_key_typed_or_raw():
+    model, optimizer = nn.serial(nn.Dense(3, "softmax")), fl.optim.keras_adam()
+    from_int = fl.init_state(model, optimizer, (8,), seed=5)
+    typed = fl.init_state(model, optimizer, (8,), seed=jax.random.key(5))
+    raw = fl.init_state(model, optimizer, (8,), seed=jax.random.PRNGKey(5))
+    for other in (typed, raw):
+        assert all(np.array_equal(a, b) for a, b in
+                   zip(jax.tree.leaves(from_int), jax.tree.leaves(other)))
+    # A typed key in the state trains exactly as its raw data does.
+    x, y = blobs(64)
+    kwargs = dict(loss=LOSS, optimizer=optimizer, epochs=1, batch_size=16, verbose=0)
+    plain, _ = fl.fit(model, x, y, state=from_int, **kwargs)
+    typed_key = jax.random.wrap_key_data(from_int.key)
+    keyed, _ = fl.fit(model, x, y, state=from_int._replace(key=typed_key), **kwargs)
+    assert np.array_equal(plain.params["dense_0"]["kernel"], keyed.params["dense_0"]["kernel"])
+    with pytest.raises(TypeError, match="seed must be an int"):
+        fl.init_state(model, optimizer, (8,), seed=1.5)
+
+
+def test_init_state_without_an_optimizer_names_restore_params():
+    with pytest.raises(TypeError, match=r"fnlearn.restore_params\(directory, model"):
+        fl.init_state(nn.serial(nn.Dense(3)), None, (8,))
+
+
+def test_apply_gradients_is_the_update_the_step_ends_with():
+    model, optimizer = nn.serial(nn.Dense(3, "softmax")), fl.optim.keras_adam()
+    x, y = blobs(32)
+    state = fl.init_state(model, optimizer, (8,))
+    stepped, _ = fl.train_step(state, x, y, model=model, loss=LOSS, optimizer=optimizer)
+
+    def loss(params):
+        return jnp.mean(fl.losses.sparse_categorical_crossentropy(y, model.apply(params, x)))
+
+    by_hand = fl.apply_gradients(state, jax.grad(loss)(state.params), optimizer)
+    assert int(by_hand.step) == 1
+    np.testing.assert_allclose(by_hand.params["dense_0"]["kernel"],
+                               stepped.params["dense_0"]["kernel"], rtol=1e-6)

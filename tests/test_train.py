@@ -214,3 +214,57 @@ def test_validation_split_holds_out_the_last_fraction_before_shuffling():
     with pytest.raises(ValueError, match="not both"):
         fl.fit(mlp(), x, y, loss=LOSS, optimizer="adam", validation_split=0.1,
                validation_data=(x, y), verbose=0)
+
+
+class StopAfter(fl.Callback):
+    """Raises after ``batches`` batches of the epoch ``epoch``, as a killed run would stop."""
+
+    batch_frequency = 1
+
+    def __init__(self, epoch, batches):
+        self.epoch, self.batches = epoch, batches
+
+    def on_train_batch_end(self, batch, state, logs, history):
+        if int(state.epoch) == self.epoch and batch == self.batches:
+            raise KeyboardInterrupt
+
+
+def test_in_memory_run_resumes_mid_epoch_bit_for_bit(tmp_path, capsys):
+    x, y = blobs(200)
+    model = mlp()
+    kwargs = dict(loss=LOSS, optimizer=fl.optim.keras_adam(), metrics=["accuracy"], epochs=3,
+                  batch_size=16, seed=1, verbose=0)
+    whole, whole_history = fl.fit(model, x, y, **kwargs)
+    with pytest.raises(KeyboardInterrupt):
+        fl.fit(model, x, y, callbacks=[fl.ModelCheckpoint(tmp_path, save_every_steps=4,
+                                                          verbose=0), StopAfter(1, 6)], **kwargs)
+    resumed, history = fl.fit(model, x, y, resume=True, callbacks=[
+        fl.ModelCheckpoint(tmp_path, save_every_steps=4, verbose=0)], **{**kwargs, "verbose": 2})
+    assert all(np.array_equal(a, b) for a, b in
+               zip(jax.tree.leaves(whole), jax.tree.leaves(resumed)))
+    assert history.history == whole_history.history
+    # 13 batches an epoch; saved after batch 4 of epoch 2, so the header says where it resumed.
+    assert "Epoch 2/3 (resumed after batch 4 of 13)" in capsys.readouterr().out
+
+
+def test_a_streaming_metric_sums_over_the_epoch_not_per_batch_means():
+    class Positives:
+        """How many examples are predicted as class 0, over the whole epoch (not a mean)."""
+
+        name = "class_0_count"
+
+        def update(self, labels, predictions, weights):
+            return jax.numpy.sum((predictions.argmax(-1) == 0) * weights)
+
+        def result(self, sums):
+            return sums
+
+    x, y = blobs(100)
+    model = mlp()
+    state, history = fl.fit(model, x, y, loss=LOSS, optimizer=fl.optim.keras_adam(),
+                            metrics=[Positives(), "accuracy"], epochs=1, batch_size=32,
+                            verbose=0)
+    predicted = fl.predict(model, state.params, x).argmax(-1)
+    result = fl.evaluate(model, state.params, x, y, loss=LOSS, metrics=[Positives()])
+    assert result["class_0_count"] == float(np.sum(predicted == 0))
+    assert list(history.history) == ["loss", "class_0_count", "accuracy"]

@@ -33,12 +33,13 @@ from fnlearn.state import History, TrainState
 class Feed(Protocol):
     """Where an epoch's batches come from.
 
-    ``steps`` batches make an epoch; ``calls(state, done, ends)`` yields, for the
+    ``steps`` batches make an epoch; ``calls(state, done, stops)`` yields, for the
     batches after ``done``, ``(begin, end, dispatch)`` where ``dispatch(state, sums,
     stopped)`` queues the compiled call for batches ``begin..end`` and returns
     ``(state, sums, stopped, logs, nonfinite_row)`` as device values (the call that
-    ends the epoch counts it in ``state.epoch``); calls end at every batch in ``ends``. ``zero_sums(state)`` are the epoch's starting sums;
-    ``validate(state)`` the validation logs (``val_``-prefixed host floats, or {}).
+    ends the epoch counts it in ``state.epoch``); calls end at every batch in
+    ``stops``. ``zero_sums(state)`` are the epoch's starting sums; ``validate(state)``
+    the validation logs (``val_``-prefixed host floats, or {}).
     ``run_epochs(state, count)`` is the fast road: ``count`` (at most
     ``epochs_per_call``, 0 where the driver has no fast road) whole epochs in one call.
     """
@@ -76,11 +77,11 @@ def _stops(run: Run) -> set[int]:
     """The batches of an epoch where the host must look: the bar, batch callbacks, the end."""
     steps = run.feed.steps
     stops = {steps}
-    if run.progress.verbose == 1:
-        stops.update(range(run.progress_every, steps, run.progress_every))
     period = run.hooks.batch_period
     if period:
-        stops.update(range(period, steps, period))
+        stops.update(range(period, steps + 1, period))
+    if run.progress.verbose == 1:
+        stops.update(range(run.progress_every, steps, run.progress_every))
     return stops
 
 
@@ -151,9 +152,10 @@ def _one_epoch(run: Run, state, history: History, epoch: int, epochs: int, stops
         pending.append((begin, end, logs, bad))
         if end in stops:
             settle(state)
-            if end < feed.steps and run.hooks.batch_period and end % run.hooks.batch_period == 0:
-                history.in_progress = {"epoch": epoch, "batch": end,
-                                       "sums": run.sums_codec[0](jax.device_get(sums))}
+            if run.hooks.batch_period and end % run.hooks.batch_period == 0:
+                history.in_progress = None if end == feed.steps else {
+                    "epoch": epoch, "batch": end,
+                    "sums": run.sums_codec[0](jax.device_get(sums))}
                 run.hooks.batch_end(end, state, run.ordered(to_floats(jax.device_get(logs))),
                                     history)
         elif len(pending) > 1:

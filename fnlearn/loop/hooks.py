@@ -6,8 +6,9 @@ no-ops, so the loop calls every hook without asking what a callback has:
 * ``on_train_begin(state, history, resume)``: may return ``(state, history)`` to start
   from (a restored run);
 * ``on_epoch_begin(epoch, state)``: may return a new state (a learning-rate change);
-* ``on_train_batch_end(batch, state, logs, history)``: every ``batch_frequency``
-  batches of an epoch, with the epoch's running means so far;
+* ``on_train_batch_end(batch, state, logs, history)``: after every ``batch_frequency``
+  batches of an epoch (the epoch's last batch too, when it is a multiple), with the
+  epoch's running means so far;
 * ``on_epoch_end(epoch, state, logs, history)``: return True to stop training;
 * ``on_train_end(state, history)``: may return the state ``fit`` returns instead.
 

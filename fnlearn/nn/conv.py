@@ -20,8 +20,9 @@ import jax
 import jax.numpy as jnp
 
 from fnlearn.nn import cpu_conv, cpu_pool
+from fnlearn.nn.activations import activation_fn
 from fnlearn.nn.core import Layer, Shape
-from fnlearn.nn.dense import _activation, glorot_uniform, torch_linear_uniform
+from fnlearn.nn.dense import glorot_uniform, torch_linear_uniform
 
 Pair = tuple[int, int]
 Padding = tuple[Pair, Pair]
@@ -174,7 +175,7 @@ def Conv2D(filters: int, kernel_size: int | Pair, strides: int | Pair = 1,
     stride = _pair(strides, "Conv2D strides")
     dilate = _pair(dilation, "Conv2D dilation")
     pad = _check_padding(padding)
-    act = _activation(activation)
+    act = activation_fn(activation)
     config = {"filters": filters, "kernel_size": window, "strides": stride, "padding": padding,
               "explicit_padding": _static_padding(pad, window, stride, dilate),
               "dilation": dilate, "use_bias": use_bias, "init": init,

@@ -12,28 +12,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fnlearn.nn.activations import ACTIVATIONS, activation_fn
 from fnlearn.nn.core import Layer, Shape
-
-ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
-    "linear": lambda x: x,
-    "relu": jax.nn.relu,
-    "sigmoid": jax.nn.sigmoid,
-    "tanh": jnp.tanh,
-    "softmax": lambda x: jax.nn.softmax(x, axis=-1),
-    "log_softmax": lambda x: jax.nn.log_softmax(x, axis=-1),
-}
-
-
-def _activation(name: str | None) -> Callable[[jax.Array], jax.Array]:
-    if name is not None and not isinstance(name, str):
-        what = (f"the function {getattr(name, '__name__', type(name).__name__)}"
-                if callable(name) else f"{type(name).__name__} {name!r}")
-        raise TypeError(f"activation must be a name (one of {sorted(ACTIVATIONS)}) or None, "
-                        f"got {what}; pass its name, e.g. activation='relu'")
-    name = name or "linear"
-    if name not in ACTIVATIONS:
-        raise ValueError(f"unknown activation {name!r}; choose one of {sorted(ACTIVATIONS)}")
-    return ACTIVATIONS[name]
 
 
 def glorot_uniform(key: jax.Array, shape: Shape, fan_in: int, fan_out: int) -> jax.Array:
@@ -65,7 +45,7 @@ def Dense(units: int, activation: str | None = None, *, use_bias: bool = True,
         raise ValueError(f"Dense units must be a positive int, got {units!r}")
     if init not in ("keras", "torch"):
         raise ValueError(f"Dense init must be 'keras' or 'torch', got {init!r}")
-    act = _activation(activation)
+    act = activation_fn(activation)
 
     def init_fn(key, input_shape):
         fan_in = input_shape[-1]
@@ -136,7 +116,7 @@ def LogSoftmax() -> Layer:
 
 def Activation(name: str) -> Layer:
     """Any of ``ACTIVATIONS`` as a layer of its own (Keras ``layers.Activation``)."""
-    fn = _activation(name)
+    fn = activation_fn(name)
     return _elementwise(name, fn)
 
 
