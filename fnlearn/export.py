@@ -18,11 +18,14 @@ converts the same function to a TensorFlow SavedModel (``jax2tf``) for TF Servin
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from fnlearn.checks import check_params
@@ -37,9 +40,24 @@ class ExportError(ValueError):
     """An export file is corrupt, truncated or not an fnlearn export."""
 
 
-def _inference_function(model: Layer, params, model_state=None) -> Callable:
+def _inference_function(model: Layer, params, model_state=None,
+                        input_scale: float | None = None) -> Callable:
     params, model_state = jax.tree.map(np.asarray, (params, model_state or {}))
-    return lambda x: apply(model, params, x, state=model_state)[0]
+    if input_scale is None:
+        return lambda x: apply(model, params, x, state=model_state)[0]
+    # Rounded back to whole numbers: x * 255 of a float32 k/255 can land one ulp off k,
+    # and the model trained on the exact pixel values.
+    return lambda x: apply(model, params, jnp.round(x * input_scale), state=model_state)[0]
+
+
+def _check_input_scale(input_scale, dtype) -> None:
+    if input_scale is None:
+        return
+    if not isinstance(input_scale, (int, float)) or not input_scale > 0:
+        raise ValueError(f"input_scale must be a positive number, got {input_scale!r}")
+    if not np.issubdtype(np.dtype(dtype), np.floating):
+        raise ValueError(f"input_scale needs a float input dtype (the signature takes "
+                         f"[0, 1] floats), got dtype {np.dtype(dtype)}")
 
 
 def _batch_polymorphic_spec(input_shape: Sequence[int], dtype) -> jax.ShapeDtypeStruct:
@@ -48,8 +66,13 @@ def _batch_polymorphic_spec(input_shape: Sequence[int], dtype) -> jax.ShapeDtype
 
 
 def export_model(model: Layer, params, input_shape: Sequence[int], dtype, path: str | Path, *,
-                 model_state=None, platforms: Sequence[str] = ("cpu", "cuda")) -> Path:
+                 model_state=None, platforms: Sequence[str] = ("cpu", "cuda"),
+                 input_scale: float | None = None) -> Path:
     """Serializes ``model`` with ``params`` (and state) baked in to a file at ``path``.
+
+    The file appears complete or not at all (written under a hidden name beside it,
+    then renamed), so ``path=BASE / "3" / "model.fnx"`` publishes version 3 to a server
+    watching ``BASE``.
 
     Args:
       model: the model (``fnlearn.nn`` layer).
@@ -60,25 +83,43 @@ def export_model(model: Layer, params, input_shape: Sequence[int], dtype, path: 
       model_state: its non-trainable state (``state.model_state``), if it has any;
         inference uses it as it is (BatchNorm's running statistics).
       platforms: platforms the file can run on (lowered for each, no device needed).
+      input_scale: inputs are multiplied by this, then rounded, before the model: with
+        ``dtype=np.float32, input_scale=255`` a model trained on raw 0-255 pixels takes
+        the ``[0, 1]`` floats (``pixels / 255.0``) that TensorFlow's tutorial clients send.
 
     Returns:
-      The path written.
+      The path written (its folder is created if missing).
+
+    Raises:
+      ValueError: the model cannot be traced for this input, or a bad ``input_scale``.
     """
     check_params(params)
+    _check_input_scale(input_scale, dtype)
     spec = _batch_polymorphic_spec(input_shape, dtype)
+    function = _inference_function(model, params, model_state, input_scale)
     try:
-        exported = jax.export.export(jax.jit(_inference_function(model, params, model_state)),
-                                     platforms=tuple(platforms))(spec)
+        exported = jax.export.export(jax.jit(function), platforms=tuple(platforms))(spec)
     except Exception as error:  # noqa: BLE001 - re-raised with the shapes that caused it
         raise ValueError(f"cannot export the model for inputs of per-example shape "
                          f"{tuple(input_shape)} and dtype {np.dtype(dtype)}: {error}") from error
     meta = {"format": FORMAT, "version": 1, "input_shape": list(map(int, input_shape)),
             "dtype": str(np.dtype(dtype)), "platforms": list(exported.platforms),
             "output": str(exported.out_avals[0])}
+    if input_scale is not None:
+        meta["input_scale"] = float(input_scale)
     path = Path(path)
-    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-        archive.writestr(MODULE_MEMBER, bytes(exported.serialize()))
-        archive.writestr(META_MEMBER, json.dumps(meta, indent=1))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor, partial = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(descriptor, "wb") as file, zipfile.ZipFile(
+                file, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+            archive.writestr(MODULE_MEMBER, bytes(exported.serialize()))
+            archive.writestr(META_MEMBER, json.dumps(meta, indent=1))
+        os.chmod(partial, 0o644)
+        os.replace(partial, path)
+    except BaseException:
+        Path(partial).unlink(missing_ok=True)
+        raise
     return path
 
 
@@ -146,14 +187,16 @@ def load_exported(path: str | Path) -> Callable[[np.ndarray], np.ndarray]:
 
 def export_saved_model(model: Layer, params, input_shape: Sequence[int], dtype,
                        directory: str | Path, *, model_state=None,
-                       platforms: Sequence[str] = ("cpu", "cuda")) -> Path:
+                       platforms: Sequence[str] = ("cpu", "cuda"),
+                       input_scale: float | None = None) -> Path:
     """Writes ``model`` with ``params`` baked in as a TensorFlow SavedModel (for TF Serving).
 
     The serving signature ``serving_default`` takes ``inputs`` of shape
     ``(None, *input_shape)`` and returns ``outputs``. Needs TensorFlow.
 
     Args:
-      model, params, input_shape, dtype, model_state, platforms: as for ``export_model``.
+      model, params, input_shape, dtype, model_state, platforms, input_scale: as for
+        ``export_model``.
       directory: the SavedModel directory to create.
 
     Returns:
@@ -162,9 +205,10 @@ def export_saved_model(model: Layer, params, input_shape: Sequence[int], dtype,
     import tensorflow as tf
     from jax.experimental import jax2tf
 
+    _check_input_scale(input_scale, dtype)
     polymorphic = "(b, " + ", ".join(str(int(d)) for d in input_shape) + ")"
     # Inference only: no gradient function to save, so none to warn about on load.
-    converted = jax2tf.convert(_inference_function(model, params, model_state),
+    converted = jax2tf.convert(_inference_function(model, params, model_state, input_scale),
                                polymorphic_shapes=[polymorphic], with_gradient=False,
                                native_serialization_platforms=tuple(platforms))
     signature = tf.TensorSpec((None, *map(int, input_shape)), tf.as_dtype(np.dtype(dtype)),
