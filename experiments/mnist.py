@@ -89,9 +89,8 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"Test accuracy: {results['accuracy'] * 100:.2f}%")
 
     if args.export:
-        dtype, scale = (np.float32, 255.0) if args.export_float else (x_test.dtype, None)
-        path = fl.export_model(model, state.params, x_test.shape[1:], dtype, args.export,
-                               input_scale=scale)
+        path = fl.export_model(model, state.params, x_test.shape[1:], x_test.dtype, args.export,
+                               float_inputs=args.export_float)
         print(f"Exported the inference function to {path}")
     if not args.no_plots:
         args.out.mkdir(parents=True, exist_ok=True)

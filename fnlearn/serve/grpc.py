@@ -46,6 +46,7 @@ from fnlearn.serve.protocol import (
     SIGNATURE_NAME,
     TF_DTYPES,
     RequestError,
+    check_range,
     check_signature,
 )
 
@@ -161,6 +162,7 @@ class _Servicer(prediction_service_pb2_grpc.PredictionServiceServicer,
                 index = tuple(int(i) for i in np.argwhere(~np.isfinite(x))[0])
                 raise RequestError(400, f"input {INPUT_NAME!r} contains NaN or infinity (first "
                                         f"at index {index})")
+            check_range(x, f"input {INPUT_NAME!r}", servable.input_range)
             if not servable.batcher.closing:
                 return await servable.batcher.submit(x), servable.version
             servable = versions.resolve(self.table, *target)  # a newer version took over

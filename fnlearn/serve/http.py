@@ -42,6 +42,7 @@ from fnlearn.serve.metrics import Metrics, create_metrics, scrape
 from fnlearn.serve.protocol import (
     SIGNATURE_NAME,
     RequestError,
+    check_range,
     parse_path,
     parse_predict,
     predict_answer,
@@ -179,6 +180,7 @@ def create_app(models: list[ModelSpec] | str | Path, *, name: str | None = None,
                                                             servable.example_shape):
                     x, row_format = parse_predict(body, newer.in_dtype, newer.example_shape)
                 servable = newer
+            check_range(x, '"instances"' if row_format else '"inputs"', servable.input_range)
             try:
                 outputs = await asyncio.wait_for(servable.batcher.submit(x),
                                                  max(deadline - loop.time(), 0.0))

@@ -150,6 +150,21 @@ def check_tensor(x: np.ndarray, where: str, dtype: np.dtype,
     return _tensor(x, where, dtype, example_shape)
 
 
+def check_range(x: np.ndarray, where: str, input_range) -> None:
+    """Refuses values outside the export's ``input_range`` (``[low, high]`` or None).
+
+    Raises:
+      RequestError: (400) naming the first value outside.
+    """
+    if input_range is None:
+        return
+    outside = (x < input_range[0]) | (x > input_range[1])
+    if outside.any():
+        index = tuple(int(i) for i in np.argwhere(outside)[0])
+        raise RequestError(400, f"{where} holds {x[index].item()!r} at index {index}, outside "
+                                f"the model's input range [{input_range[0]}, {input_range[1]}]")
+
+
 def _named(value, where: str):
     """The tensor of a ``{"inputs": tensor}`` object, or the value itself if not an object."""
     if not isinstance(value, dict):

@@ -44,6 +44,7 @@ class Servable:
       call: the compiled function (a padded batch in, outputs out).
       in_dtype, example_shape: what one example must be.
       metadata: TF Serving's metadata document for this version.
+      input_range: ``[low, high]`` of the input values, if the export names one.
       batcher: the version's ``DynamicBatcher`` (None until the server starts it).
     """
 
@@ -54,6 +55,7 @@ class Servable:
     in_dtype: np.dtype
     example_shape: tuple[int, ...]
     metadata: dict
+    input_range: list | None = None
     batcher: DynamicBatcher | None = None
 
 
@@ -74,7 +76,8 @@ def load_version(name: str, version: int, path: Path,
                                  np.dtype(in_aval.dtype), tuple(out_aval.shape),
                                  np.dtype(out_aval.dtype), meta)
     return Servable(name, version, Path(path), lambda x: np.asarray(call(x)),
-                    np.dtype(in_aval.dtype), tuple(int(d) for d in in_aval.shape[1:]), metadata)
+                    np.dtype(in_aval.dtype), tuple(int(d) for d in in_aval.shape[1:]), metadata,
+                    meta.get("input_range"))
 
 
 Loader = Callable[[str, int, Path], Servable]
@@ -134,8 +137,10 @@ def _wanted(model: Model, files: dict[int, Path]) -> set[int]:
     return model.spec.policy.select(usable)
 
 
-def _refuse(model: Model, version: int, path: Path, error: Exception) -> None:
-    model.refused[version] = _fingerprint(path)
+def _refuse(model: Model, version: int, fingerprint: tuple[int, int], error: Exception) -> None:
+    # The fingerprint from before the load: a copy finishing meanwhile changes it, and the
+    # whole file is tried at the next poll.
+    model.refused[version] = fingerprint
     model.states[version] = ("END", "DATA_LOSS", str(error))
     logger.warning("model %r version %d not loaded: %s", model.spec.name, version, error)
 
@@ -161,11 +166,12 @@ def load_initial(specs: list[ModelSpec], load: Loader) -> dict[str, Model]:
         for version, problem in problems.items():
             model.states[version] = ("END", "FAILED_PRECONDITION", problem)
         for version in sorted(_wanted(model, files)):
+            fingerprint = _fingerprint(files[version])
             try:
                 model.served[version] = load(spec.name, version, files[version])
                 model.states[version] = ("AVAILABLE", "OK", "")
             except (OSError, ExportError) as error:
-                _refuse(model, version, files[version], error)
+                _refuse(model, version, fingerprint, error)
         if not model.served:
             logger.warning("model %r: no version to serve yet under %s (policy %s)", spec.name,
                            spec.base_path, spec.policy.describe())
@@ -193,16 +199,20 @@ async def refresh(model: Model, load: Loader,
             logger.warning("model %r: %s", spec.name, problem)
     for version in sorted(_wanted(model, files) - set(model.served)):
         model.states[version] = ("LOADING", "OK", "")
+        fingerprint = _fingerprint(files[version])
         try:
             servable = await asyncio.to_thread(load, spec.name, version, files[version])
         except (OSError, ExportError) as error:
-            _refuse(model, version, files[version], error)
+            _refuse(model, version, fingerprint, error)
             continue
         await start(servable)
         model.served[version] = servable
         model.states[version] = ("AVAILABLE", "OK", "")
         logger.info("model %r version %d is available", spec.name, version)
-    for version in sorted(set(model.served) - _wanted(model, files)):
+    # Among the versions now serving, what the policy would pick: a new version that
+    # failed to load never costs the old one its place.
+    keep = spec.policy.select(set(model.served) & set(files))
+    for version in sorted(set(model.served) - keep):
         servable = model.served.pop(version)
         model.states[version] = ("UNLOADING", "OK", "")
         if servable.batcher is not None:
