@@ -338,3 +338,31 @@ def test_load_benchmark_runs_end_to_end_with_every_answer_checked():
     assert [(r["batching"], r["clients"], r["requests"]) for r in rows] == [
         ("on", 1, 40), ("on", 4, 40), ("off", 1, 40), ("off", 4, 40)]
     assert all(r["requests_per_s"] > 0 and r["p99_ms"] >= r["p50_ms"] > 0 for r in rows)
+
+
+def test_two_worker_processes_share_the_port_and_add_up_their_metrics(mnist):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    def total(text: str, name: str) -> float:
+        return sum(sample.value for family in text_string_to_metric_families(text)
+                   for sample in family.samples if sample.name == name)
+
+    *_, path, x, expected = mnist
+    workers = Server(path, "--model_name", "mnist", "--workers", "2")
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:  # the first answer came from one of them
+            _, text = workers.request_text("GET", "/monitoring/prometheus/metrics")
+            if total(text, "fnlearn_serve_version_loads_total") == 2:
+                break
+            time.sleep(0.2)
+        with ThreadPoolExecutor(8) as pool:  # fresh connections: the kernel spreads them
+            answers = list(pool.map(lambda i: workers.predict(x[i:i + 1]), range(40)))
+        status, text = workers.request_text("GET", "/monitoring/prometheus/metrics")
+    finally:
+        code = workers.stop()
+    assert np.array_equal(np.concatenate(answers), expected[:40])
+    # whichever worker answered the scrape, it counts both workers' loads and requests
+    assert total(text, "fnlearn_serve_version_loads_total") == 2
+    assert status == 200 and total(text, "fnlearn_serve_requests_total") == 40
+    assert code == -signal.SIGTERM
