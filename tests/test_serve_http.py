@@ -334,9 +334,11 @@ def test_load_benchmark_runs_end_to_end_with_every_answer_checked():
     _require_serve()
     from experiments import serve_benchmark
 
-    rows = serve_benchmark.main(["--clients", "1,4", "--requests", "40", "--seconds", "20"])
-    assert [(r["batching"], r["clients"], r["requests"]) for r in rows] == [
-        ("on", 1, 40), ("on", 4, 40), ("off", 1, 40), ("off", 4, 40)]
+    rows = serve_benchmark.main(["--clients", "1,4", "--requests", "40", "--seconds", "20",
+                                 "--workers", "1"])
+    assert [(r["protocol"], r["batching"], r["clients"], r["requests"]) for r in rows] == [
+        (protocol, batching, clients, 40) for protocol in ("rest", "grpc")
+        for batching in ("on", "off") for clients in (1, 4)]
     assert all(r["requests_per_s"] > 0 and r["p99_ms"] >= r["p50_ms"] > 0 for r in rows)
 
 
