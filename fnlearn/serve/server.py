@@ -92,7 +92,7 @@ def guarded_protocol(header_timeout_s: float, max_connections: int) -> type:
 
 def run_worker(app_options: dict, *, host: str, port: int, sock: socket.socket | None = None,
                header_timeout_s: float = 10.0, max_connections: int = 512,
-               graceful_timeout_s: float = 30.0, access_log: bool = False) -> None:
+               graceful_timeout_s: float = 30.0, access_log: bool = False) -> int:
     """One server process: builds the app and runs uvicorn until SIGINT or SIGTERM.
 
     Args:
@@ -102,6 +102,9 @@ def run_worker(app_options: dict, *, host: str, port: int, sock: socket.socket |
       header_timeout_s, max_connections: see ``guarded_protocol``.
       graceful_timeout_s: the longest a shutdown waits for requests in flight.
       access_log: log every request.
+
+    Returns:
+      The exit status: 0 after serving, 1 if the server failed to start (a port in use).
     """
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
     app = create_app(**app_options)
@@ -112,12 +115,14 @@ def run_worker(app_options: dict, *, host: str, port: int, sock: socket.socket |
     config = uvicorn.Config(app, host=host, port=port, access_log=access_log, lifespan="on",
                             http=guarded_protocol(header_timeout_s, max_connections),
                             timeout_graceful_shutdown=graceful_timeout_s, log_level="info")
-    uvicorn.Server(config).run(sockets=[sock] if sock is not None else None)
+    server = uvicorn.Server(config)
+    server.run(sockets=[sock] if sock is not None else None)
+    return 0 if server.started else 1
 
 
 def _worker_main(app_options: dict, options: dict, sock: socket.socket) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops workers with SIGTERM
-    run_worker(app_options, sock=sock, **options)
+    sys.exit(run_worker(app_options, sock=sock, **options))
 
 
 def _check_port_free(host: str, port: int) -> None:
@@ -145,8 +150,7 @@ def serve(app_options: dict, *, host: str = "127.0.0.1", port: int = 8501, worke
       OSError: a port cannot be bound.
     """
     if workers == 1:
-        run_worker(app_options, host=host, port=port, **options)
-        return 0
+        return run_worker(app_options, host=host, port=port, **options)
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
