@@ -56,6 +56,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--export", type=pathlib.Path, default=None, metavar="PATH",
                         help="write the trained inference function (jax.export) to PATH; "
                              "serve it with: python -m fnlearn.serve PATH images.npy")
+    parser.add_argument("--export-float", action="store_true",
+                        help="with --export: the file takes float32 pixels / 255.0 in [0, 1], "
+                             "as TensorFlow's tutorial clients send, instead of uint8 0-255")
     return parser.parse_args(argv)
 
 
@@ -86,7 +89,8 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"Test accuracy: {results['accuracy'] * 100:.2f}%")
 
     if args.export:
-        path = fl.export_model(model, state.params, x_test.shape[1:], x_test.dtype, args.export)
+        path = fl.export_model(model, state.params, x_test.shape[1:], x_test.dtype, args.export,
+                               float_inputs=args.export_float)
         print(f"Exported the inference function to {path}")
     if not args.no_plots:
         args.out.mkdir(parents=True, exist_ok=True)

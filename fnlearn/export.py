@@ -18,11 +18,14 @@ converts the same function to a TensorFlow SavedModel (``jax2tf``) for TF Servin
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from fnlearn.checks import check_params
@@ -37,9 +40,22 @@ class ExportError(ValueError):
     """An export file is corrupt, truncated or not an fnlearn export."""
 
 
-def _inference_function(model: Layer, params, model_state=None) -> Callable:
+def _inference_function(model: Layer, params, model_state=None, dtype=None,
+                        float_inputs: bool = False) -> Callable:
     params, model_state = jax.tree.map(np.asarray, (params, model_state or {}))
-    return lambda x: apply(model, params, x, state=model_state)[0]
+    if not float_inputs:
+        return lambda x: apply(model, params, x, state=model_state)[0]
+    top = np.iinfo(dtype).max
+    # Back to the exact integers the model was trained on (k / 255 * 255 can land an ulp
+    # off k), so the answers are those of the integer export bit for bit.
+    return lambda x: apply(model, params, jnp.round(x * top).astype(dtype),
+                           state=model_state)[0]
+
+
+def _check_float_inputs(float_inputs: bool, dtype) -> None:
+    if float_inputs and np.dtype(dtype).kind != "u":
+        raise ValueError(f"float_inputs scales [0, 1] floats to an unsigned integer dtype "
+                         f"(uint8 pixels); got dtype {np.dtype(dtype)}")
 
 
 def _batch_polymorphic_spec(input_shape: Sequence[int], dtype) -> jax.ShapeDtypeStruct:
@@ -47,9 +63,18 @@ def _batch_polymorphic_spec(input_shape: Sequence[int], dtype) -> jax.ShapeDtype
     return jax.ShapeDtypeStruct(jax.export.symbolic_shape(dims), np.dtype(dtype))
 
 
+def _signature_dtype(dtype, float_inputs: bool) -> np.dtype:
+    return np.dtype(np.float32) if float_inputs else np.dtype(dtype)
+
+
 def export_model(model: Layer, params, input_shape: Sequence[int], dtype, path: str | Path, *,
-                 model_state=None, platforms: Sequence[str] = ("cpu", "cuda")) -> Path:
+                 model_state=None, platforms: Sequence[str] = ("cpu", "cuda"),
+                 float_inputs: bool = False) -> Path:
     """Serializes ``model`` with ``params`` (and state) baked in to a file at ``path``.
+
+    The file appears complete or not at all (written under a hidden name beside it,
+    then renamed), so ``path=BASE / "3" / "model.fnx"`` publishes version 3 to a server
+    watching ``BASE``.
 
     Args:
       model: the model (``fnlearn.nn`` layer).
@@ -60,29 +85,51 @@ def export_model(model: Layer, params, input_shape: Sequence[int], dtype, path: 
       model_state: its non-trainable state (``state.model_state``), if it has any;
         inference uses it as it is (BatchNorm's running statistics).
       platforms: platforms the file can run on (lowered for each, no device needed).
+      float_inputs: the file takes float32 values in ``[0, 1]`` instead of ``dtype``
+        (an unsigned integer dtype), each the integer divided by the dtype's maximum:
+        ``pixels / 255.0``, as TensorFlow's tutorial clients send for uint8 pixels. They
+        are scaled back and rounded to the integers the model takes, so the answers are
+        the integer export's bit for bit; values outside ``[0, 1]`` are refused on load
+        (``load_exported``, the server).
 
     Returns:
-      The path written.
+      The path written (its folder is created if missing).
+
+    Raises:
+      ValueError: the model cannot be traced for this input, or ``float_inputs`` with a
+        dtype that is not an unsigned integer.
     """
     check_params(params)
-    spec = _batch_polymorphic_spec(input_shape, dtype)
+    _check_float_inputs(float_inputs, dtype)
+    spec = _batch_polymorphic_spec(input_shape, _signature_dtype(dtype, float_inputs))
+    function = _inference_function(model, params, model_state, dtype, float_inputs)
     try:
-        exported = jax.export.export(jax.jit(_inference_function(model, params, model_state)),
-                                     platforms=tuple(platforms))(spec)
+        exported = jax.export.export(jax.jit(function), platforms=tuple(platforms))(spec)
     except Exception as error:  # noqa: BLE001 - re-raised with the shapes that caused it
         raise ValueError(f"cannot export the model for inputs of per-example shape "
                          f"{tuple(input_shape)} and dtype {np.dtype(dtype)}: {error}") from error
     meta = {"format": FORMAT, "version": 1, "input_shape": list(map(int, input_shape)),
             "dtype": str(np.dtype(dtype)), "platforms": list(exported.platforms),
             "output": str(exported.out_avals[0])}
+    if float_inputs:
+        meta.update(dtype="float32", input_range=[0.0, 1.0], model_dtype=str(np.dtype(dtype)))
     path = Path(path)
-    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-        archive.writestr(MODULE_MEMBER, bytes(exported.serialize()))
-        archive.writestr(META_MEMBER, json.dumps(meta, indent=1))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor, partial = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(descriptor, "wb") as file, zipfile.ZipFile(
+                file, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+            archive.writestr(MODULE_MEMBER, bytes(exported.serialize()))
+            archive.writestr(META_MEMBER, json.dumps(meta, indent=1))
+        os.chmod(partial, 0o644)
+        os.replace(partial, path)
+    except BaseException:
+        Path(partial).unlink(missing_ok=True)
+        raise
     return path
 
 
-def _check_input(x, aval) -> np.ndarray:
+def _check_input(x, aval, input_range=None) -> np.ndarray:
     x = np.asarray(x)
     want = np.dtype(aval.dtype)
     if x.dtype == object or not (np.issubdtype(x.dtype, np.number) or x.dtype == np.bool_):
@@ -96,6 +143,10 @@ def _check_input(x, aval) -> np.ndarray:
     if np.issubdtype(x.dtype, np.floating) and not np.isfinite(x).all():
         bad = tuple(int(i) for i in np.argwhere(~np.isfinite(x))[0])
         raise ValueError(f"inputs contain NaN or inf (first at index {bad})")
+    if input_range is not None and ((x < input_range[0]) | (x > input_range[1])).any():
+        bad = tuple(int(i) for i in np.argwhere((x < input_range[0]) | (x > input_range[1]))[0])
+        raise ValueError(f"inputs hold {x[bad]} at index {bad}, outside the exported model's "
+                         f"input range [{input_range[0]}, {input_range[1]}]")
     both_float = np.issubdtype(x.dtype, np.floating) and np.issubdtype(want, np.floating)
     if not (np.can_cast(x.dtype, want, "safe") or both_float):
         raise TypeError(f"inputs have dtype {x.dtype}; the exported model takes {want} and "
@@ -138,7 +189,7 @@ def load_exported(path: str | Path) -> Callable[[np.ndarray], np.ndarray]:
     aval = exported.in_avals[0]
 
     def predict(x) -> np.ndarray:
-        return np.asarray(exported.call(_check_input(x, aval)))
+        return np.asarray(exported.call(_check_input(x, aval, meta.get("input_range"))))
 
     predict.exported, predict.meta = exported, meta
     return predict
@@ -146,14 +197,16 @@ def load_exported(path: str | Path) -> Callable[[np.ndarray], np.ndarray]:
 
 def export_saved_model(model: Layer, params, input_shape: Sequence[int], dtype,
                        directory: str | Path, *, model_state=None,
-                       platforms: Sequence[str] = ("cpu", "cuda")) -> Path:
+                       platforms: Sequence[str] = ("cpu", "cuda"),
+                       float_inputs: bool = False) -> Path:
     """Writes ``model`` with ``params`` baked in as a TensorFlow SavedModel (for TF Serving).
 
     The serving signature ``serving_default`` takes ``inputs`` of shape
     ``(None, *input_shape)`` and returns ``outputs``. Needs TensorFlow.
 
     Args:
-      model, params, input_shape, dtype, model_state, platforms: as for ``export_model``.
+      model, params, input_shape, dtype, model_state, platforms, float_inputs: as for
+        ``export_model``.
       directory: the SavedModel directory to create.
 
     Returns:
@@ -162,13 +215,15 @@ def export_saved_model(model: Layer, params, input_shape: Sequence[int], dtype,
     import tensorflow as tf
     from jax.experimental import jax2tf
 
+    _check_float_inputs(float_inputs, dtype)
     polymorphic = "(b, " + ", ".join(str(int(d)) for d in input_shape) + ")"
     # Inference only: no gradient function to save, so none to warn about on load.
-    converted = jax2tf.convert(_inference_function(model, params, model_state),
+    converted = jax2tf.convert(_inference_function(model, params, model_state, dtype,
+                                                   float_inputs),
                                polymorphic_shapes=[polymorphic], with_gradient=False,
                                native_serialization_platforms=tuple(platforms))
-    signature = tf.TensorSpec((None, *map(int, input_shape)), tf.as_dtype(np.dtype(dtype)),
-                              name="inputs")
+    signature = tf.TensorSpec((None, *map(int, input_shape)),
+                              tf.as_dtype(_signature_dtype(dtype, float_inputs)), name="inputs")
     module = tf.Module()
     module.serve = tf.function(lambda inputs: {"outputs": converted(inputs)}, autograph=False,
                                input_signature=[signature])

@@ -181,3 +181,22 @@ def test_serve_reports_bad_input_files(trained, tmp_path, capsys):
     np.save(tmp_path / "wrong.npy", np.zeros((2, 3), np.uint8))
     assert serve([str(trained[2]), str(tmp_path / "wrong.npy")]) == 1
     assert "do not fit the exported model" in capsys.readouterr().err
+
+
+def test_float_inputs_export_takes_pixels_over_255_and_answers_as_the_uint8_export(trained,
+                                                                                  tmp_path):
+    model, params, path = trained
+    float_path = export_model(model, params, (28, 28), np.uint8,
+                              tmp_path / "versions" / "2" / "model.fnx", float_inputs=True)
+    x = np.random.default_rng(4).integers(0, 256, size=(9, 28, 28), dtype=np.uint8)
+    predict = load_exported(float_path)
+    assert predict.meta["dtype"] == "float32" and predict.meta["input_range"] == [0.0, 1.0]
+    # What TensorFlow's tutorial client sends: pixels / 255.0, cast to float32 on the way.
+    assert np.array_equal(predict((x / 255.0).astype(np.float32)), load_exported(path)(x))
+    with pytest.raises(ValueError, match=r"inputs hold 1.5 at index \(0, 0, 0\), outside the "
+                                         r"exported model's input range \[0.0, 1.0\]"):
+        predict(np.full((1, 28, 28), 1.5, np.float32))
+    with pytest.raises(ValueError, match="float_inputs scales .* got dtype float32"):
+        export_model(model, params, (28, 28), np.float32, tmp_path / "f.fnx", float_inputs=True)
+    # Written under a hidden name and renamed: the folder holds the one file, complete.
+    assert [p.name for p in (tmp_path / "versions" / "2").iterdir()] == ["model.fnx"]

@@ -95,6 +95,22 @@ def test_concurrent_requests_are_merged_and_each_gets_its_own_rows():
     assert all(shape[0] in (8, 32) for shape in fn.shapes)
 
 
+def test_metrics_hooks_see_every_call_and_the_queue():
+    calls, depths = [], []
+    policy = BatchPolicy(max_batch_size=8, timeout_s=0.05, batch_sizes=(8,))
+    requests = [np.full((3, 2), i, np.float32) for i in range(4)] + [np.zeros((20, 2),
+                                                                              np.float32)]
+
+    async def scenario():
+        async with DynamicBatcher(Recorder(), policy, on_call=calls.append,
+                                  on_queue=depths.append) as batcher:
+            return await _submit_all(batcher, requests)
+
+    asyncio.run(scenario())
+    assert sum(calls) == 32 and max(calls) == 8  # rows before padding, the 20 in chunks
+    assert max(depths) >= 2 and depths[-1] == 0
+
+
 def test_without_batching_every_request_is_its_own_call():
     fn = Recorder()
     requests = [np.full((2, 3), i, np.float32) for i in range(10)]
@@ -222,6 +238,24 @@ def test_float_inputs_out_of_float32_range_and_deep_nesting_are_refused():
     with pytest.raises(RequestError, match="nested too deeply"):
         parse_predict(b'{"inputs": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
                       np.dtype(np.float32), (1,))
+
+
+def test_tf_servings_lenient_forms_and_its_refusals():
+    x = [[1, 2, 3]]
+    # "" names the default signature; other top-level keys are ignored.
+    got, _ = parse_predict(json.dumps({"signature_name": "", "instances": x, "context": 7})
+                           .encode(), np.dtype(np.float32), (3,))
+    assert np.array_equal(got, np.float32(x))
+    # Whole numbers float32 would change are refused, naming the value and where it is.
+    with pytest.raises(RequestError, match=r"holds the integer 16777217 at index \(0, 1\), "
+                                           r"which the model's dtype float32 cannot represent "
+                                           r"exactly \(it would become 16777216.0\)"):
+        parse_predict(b'{"instances": [[0, 16777217, 2]]}', np.dtype(np.float32), (3,))
+    got, _ = parse_predict(b'{"instances": [[0.1, 16777216, 2]]}', np.dtype(np.float32), (3,))
+    assert got[0, 1] == 16777216 and got[0, 0] == np.float32(0.1)  # decimals round as usual
+    with pytest.raises(RequestError, match=r"contains NaN or infinity \(first at index "
+                                           r"\(0, 2\)\): the model's answer"):
+        parse_predict(b'{"instances": [[0, 1, NaN]]}', np.dtype(np.float32), (3,))
 
 
 @pytest.mark.parametrize("rest, target", [

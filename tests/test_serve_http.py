@@ -47,21 +47,25 @@ def _free_port() -> int:
 
 
 class Server:
-    """``python -m fnlearn.serve`` in a subprocess, and requests to it."""
+    """``python -m fnlearn.serve ARGUMENTS`` in a subprocess on free loopback ports, and requests.
 
-    def __init__(self, model_path: Path, *options: str):
+    ``grpc=True`` serves gRPC too (on ``grpc_port``); otherwise ``--port 0`` turns it off.
+    """
+
+    def __init__(self, *arguments, grpc: bool = False, model: str = "mnist"):
         _require_serve()
         self.port = _free_port()
+        self.grpc_port = _free_port() if grpc else 0
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "fnlearn.serve", str(model_path), "--name", "mnist",
-             "--port", str(self.port), *options],
+            [sys.executable, "-m", "fnlearn.serve", *map(str, arguments),
+             "--rest_api_port", str(self.port), "--port", str(self.grpc_port)],
             env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"the server exited: {self.process.stdout.read()[-3000:]}")
             try:
-                if self.request("GET", "/v1/models/mnist")[0] == 200:
+                if self.request("GET", f"/v1/models/{model}")[0] == 200:
                     return
             except OSError:
                 time.sleep(0.2)
@@ -70,19 +74,24 @@ class Server:
 
     def request(self, method: str, path: str, body: bytes | None = None):
         """``(status, JSON answer)`` of one request on a fresh connection."""
+        status, text = self.request_text(method, path, body)
+        return status, json.loads(text)
+
+    def request_text(self, method: str, path: str, body: bytes | None = None):
+        """``(status, body text)`` of one request on a fresh connection."""
         connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
         try:
             connection.request(method, path, body=body,
                                headers={"Content-Type": "application/json"})
             response = connection.getresponse()
-            return response.status, json.loads(response.read())
+            return response.status, response.read().decode()
         finally:
             connection.close()
 
-    def predict(self, x: np.ndarray, row_format: bool = True) -> np.ndarray:
+    def predict(self, x: np.ndarray, row_format: bool = True,
+                path: str = "/v1/models/mnist:predict") -> np.ndarray:
         key = "instances" if row_format else "inputs"
-        status, answer = self.request("POST", "/v1/models/mnist:predict",
-                                      json.dumps({key: x.tolist()}).encode())
+        status, answer = self.request("POST", path, json.dumps({key: x.tolist()}).encode())
         assert status == 200, answer
         return np.asarray(answer["predictions" if row_format else "outputs"], np.float32)
 
@@ -111,7 +120,8 @@ def mnist(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(mnist):
-    running = Server(mnist[2], "--max-body-bytes", "200000", "--batch-timeout-ms", "5")
+    running = Server(mnist[2], "--model_name", "mnist", "--max-body-bytes", "200000",
+                     "--batch-timeout-ms", "5")
     yield running
     running.stop()
 
@@ -188,6 +198,11 @@ BAD_REQUESTS = [
      "has no version '7'"),
     ("predict with GET", "GET", PREDICT, None, 405, "predict takes POST, not GET"),
     ("unknown path", "GET", "/v2/x", None, 404, "Not Found: GET /v2/x"),
+    ("no model named", "GET", "/v1/models", None, 404, "name a model: /v1/models/mnist"),
+    ("no model named, slash", "GET", "/v1/models/", None, 404,
+     "name a model: /v1/models/mnist"),
+    ("unknown label", "GET", "/v1/models/mnist/labels/stable", None, 404,
+     "model 'mnist' has no label 'stable'"),
 ]
 
 
@@ -201,6 +216,13 @@ def test_bad_request_is_refused_clearly_and_serving_goes_on(server, mnist, metho
     assert got_status == status and message in answer["error"], answer
     assert list(answer) == ["error"]
     assert np.array_equal(server.predict(x[2:5]), expected[2:5])
+
+
+def test_empty_signature_name_and_unknown_keys_are_accepted_as_tf_serving_does(server, mnist):
+    *_, x, expected = mnist
+    status, answer = server.request("POST", PREDICT, _body(
+        {"signature_name": "", "instances": x[:2].tolist(), "extra": {"ignored": True}}))
+    assert status == 200 and np.array_equal(np.float32(answer["predictions"]), expected[:2])
 
 
 def _send_partial(port: int, body: bytes, split: int) -> socket.socket:
@@ -238,8 +260,8 @@ def test_chunked_body_over_the_limit_is_refused_while_streaming(server, mnist):
 
 def test_request_timeouts_and_a_full_batch_that_does_not_wait(mnist):
     *_, path, x, expected = mnist
-    timed = Server(path, "--request-timeout", "2.0", "--batch-timeout-ms", "10000",
-                   "--max-batch-size", "32")
+    timed = Server(path, "--name", "mnist", "--request-timeout", "2.0", "--batch-timeout-ms",
+                   "10000", "--max-batch-size", "32")
     body = _body({"instances": x[:1].tolist()})
     try:
         # Two slow clients keep a batch waiting past the third request's deadline.
@@ -269,7 +291,7 @@ def test_request_timeouts_and_a_full_batch_that_does_not_wait(mnist):
 
 def test_sigterm_finishes_the_request_in_flight_then_exits(mnist):
     *_, path, x, expected = mnist
-    stopping = Server(path)
+    stopping = Server(path, "--model_name", "mnist")
     body = _body({"instances": x[:3].tolist()})
     in_flight = _send_partial(stopping.port, body, len(body) // 2)
     time.sleep(0.3)
@@ -312,7 +334,37 @@ def test_load_benchmark_runs_end_to_end_with_every_answer_checked():
     _require_serve()
     from experiments import serve_benchmark
 
-    rows = serve_benchmark.main(["--clients", "1,4", "--requests", "40", "--seconds", "20"])
-    assert [(r["batching"], r["clients"], r["requests"]) for r in rows] == [
-        ("on", 1, 40), ("on", 4, 40), ("off", 1, 40), ("off", 4, 40)]
+    rows = serve_benchmark.main(["--clients", "1,4", "--requests", "40", "--seconds", "20",
+                                 "--workers", "1"])
+    assert [(r["protocol"], r["batching"], r["clients"], r["requests"]) for r in rows] == [
+        (protocol, batching, clients, 40) for protocol in ("rest", "grpc")
+        for batching in ("on", "off") for clients in (1, 4)]
     assert all(r["requests_per_s"] > 0 and r["p99_ms"] >= r["p50_ms"] > 0 for r in rows)
+
+
+def test_two_worker_processes_share_the_port_and_add_up_their_metrics(mnist):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    def total(text: str, name: str) -> float:
+        return sum(sample.value for family in text_string_to_metric_families(text)
+                   for sample in family.samples if sample.name == name)
+
+    *_, path, x, expected = mnist
+    workers = Server(path, "--model_name", "mnist", "--workers", "2")
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:  # the first answer came from one of them
+            _, text = workers.request_text("GET", "/monitoring/prometheus/metrics")
+            if total(text, "fnlearn_serve_version_loads_total") == 2:
+                break
+            time.sleep(0.2)
+        with ThreadPoolExecutor(8) as pool:  # fresh connections: the kernel spreads them
+            answers = list(pool.map(lambda i: workers.predict(x[i:i + 1]), range(40)))
+        status, text = workers.request_text("GET", "/monitoring/prometheus/metrics")
+    finally:
+        code = workers.stop()
+    assert np.array_equal(np.concatenate(answers), expected[:40])
+    # whichever worker answered the scrape, it counts both workers' loads and requests
+    assert total(text, "fnlearn_serve_version_loads_total") == 2
+    assert status == 200 and total(text, "fnlearn_serve_requests_total") == 40
+    assert code == -signal.SIGTERM

@@ -4,4 +4,6 @@ import sys
 
 from fnlearn.serve.cli import main
 
-sys.exit(main())
+# Guarded: worker processes are spawned, and a spawned process imports this module again.
+if __name__ == "__main__":
+    sys.exit(main())

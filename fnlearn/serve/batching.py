@@ -131,10 +131,15 @@ class DynamicBatcher:
 
     Use it inside the loop that will submit: ``async with DynamicBatcher(fn, policy) as b:``
     then ``await b.submit(x)``. On leaving, queued and running requests are finished first.
+    ``on_call(rows)`` is told the rows of every model call before padding, and
+    ``on_queue(n)`` the number of requests waiting whenever it changes (for metrics).
     """
 
-    def __init__(self, fn: Callable[[np.ndarray], np.ndarray], policy: BatchPolicy):
+    def __init__(self, fn: Callable[[np.ndarray], np.ndarray], policy: BatchPolicy, *,
+                 on_call: Callable[[int], None] | None = None,
+                 on_queue: Callable[[int], None] | None = None):
         self.fn, self.policy = fn, policy
+        self.on_call, self.on_queue = on_call, on_queue
         self.calls = 0  # model calls made, for tests and metrics
         self._pending: collections.deque[_Request] = collections.deque()
         self._arrived = asyncio.Event()
@@ -157,7 +162,20 @@ class DynamicBatcher:
         return run_padded(self.fn, x, self.policy.batch_sizes)
 
     def _count_calls(self, rows: int) -> None:
-        self.calls += -(-rows // self.policy.batch_sizes[-1])
+        largest = self.policy.batch_sizes[-1]
+        self.calls += -(-rows // largest)
+        if self.on_call is not None:
+            for start in range(0, rows, largest):
+                self.on_call(min(largest, rows - start))
+
+    def _queue_changed(self) -> None:
+        if self.on_queue is not None:
+            self.on_queue(len(self._in_flight) if not self.policy.enabled else len(self._pending))
+
+    @property
+    def closing(self) -> bool:
+        """True once ``close`` began: ``submit`` refuses new requests."""
+        return self._closing
 
     async def submit(self, rows: np.ndarray) -> np.ndarray:
         """Outputs for ``rows`` (a batch of at least one row), computed with others' rows.
@@ -175,12 +193,18 @@ class DynamicBatcher:
             self._count_calls(len(rows))
             future = loop.run_in_executor(self._executor, self._call, rows)
             self._in_flight.add(future)
-            future.add_done_callback(self._in_flight.discard)
+            future.add_done_callback(self._done)
+            self._queue_changed()
             return await future
         request = _Request(rows, loop.create_future())
         self._pending.append(request)
+        self._queue_changed()
         self._arrived.set()
         return await request.future
+
+    def _done(self, future: asyncio.Future) -> None:
+        self._in_flight.discard(future)
+        self._queue_changed()
 
     @contextlib.contextmanager
     def incoming(self):
@@ -228,6 +252,7 @@ class DynamicBatcher:
                 break
             batch.append(self._pending.popleft())
             rows += len(request.rows)
+        self._queue_changed()
         return batch
 
     async def _run(self) -> None:

@@ -1,42 +1,48 @@
-"""An exported model served over HTTP with TensorFlow Serving's REST API (Starlette on uvicorn).
+"""Exported models served over HTTP with TensorFlow Serving's REST API (Starlette).
 
-``create_app`` loads a file written by ``fnlearn.export.export_model``, compiles
-it once per padded batch size, and answers:
+``create_app`` loads the models' versions (``fnlearn.serve.versions``), compiles them
+once per padded batch size, and answers:
 
-* ``GET  /v1/models/NAME[/versions/N]``: the model's status;
-* ``GET  /v1/models/NAME[/versions/N]/metadata``: input and output shapes and dtypes;
-* ``POST /v1/models/NAME[/versions/N]:predict``: predictions, through a ``DynamicBatcher``.
+* ``GET  /v1/models/NAME[/versions/N | /labels/L]``: the versions' states;
+* ``GET  /v1/models/NAME[/versions/N | /labels/L]/metadata``: input and output shapes, dtypes;
+* ``POST /v1/models/NAME[/versions/N | /labels/L]:predict``: predictions, through the
+  version's ``DynamicBatcher``;
+* ``GET  /monitoring/prometheus/metrics``: the server's metrics (``fnlearn.serve.metrics``).
 
+Its lifespan starts the batchers, the base path watcher (new versions are swapped in
+with no failed request) and, given a port, the gRPC server on the same models.
 Errors are ``{"error": "..."}`` with a 4xx status for the client's mistakes (400 bad
-request, 404 unknown model, version or path, 405 wrong method, 408 body too slow,
-413 body too large) and 503/504 when the server is overloaded or too slow; the
-server keeps serving after any of them. No request is ever unpickled: bodies are
-JSON, decoded into NumPy arrays of the model's exact dtype.
+request, 404 unknown model, version, label or path, 405 wrong method, 408 body too
+slow, 413 body too large), 503/504 when the server is overloaded or too slow, and 500
+for a failure inside the model; the server keeps serving after any of them. No request
+is ever unpickled: bodies are JSON, decoded into NumPy arrays of the model's exact dtype.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import json
 import logging
+import time
+from functools import partial
 from pathlib import Path
 
-import jax
-import numpy as np
-import uvicorn
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from fnlearn.export import load_exported
+from fnlearn.serve import versions
 from fnlearn.serve.batching import BatchPolicy, DynamicBatcher, OverloadedError
+from fnlearn.serve.config import ModelSpec
+from fnlearn.serve.metrics import PATH as METRICS_PATH
+from fnlearn.serve.metrics import Metrics, create_metrics, scrape
 from fnlearn.serve.protocol import (
+    SIGNATURE_NAME,
     RequestError,
-    metadata_document,
+    check_range,
     parse_path,
     parse_predict,
     predict_answer,
@@ -77,92 +83,106 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def _compiled(exported: jax.export.Exported, batch_sizes: tuple[int, ...]):
-    """``exported`` jitted, compiled for each of ``batch_sizes`` before any request arrives."""
-    call = jax.jit(exported.call)
-    aval = exported.in_avals[0]
-    for size in batch_sizes:
-        np.asarray(call(np.zeros((size, *aval.shape[1:]), aval.dtype)))
-    return lambda x: np.asarray(call(x))
+def _action(action: str, method: str) -> str:
+    if action not in ("status", "metadata", "predict"):
+        raise RequestError(404 if action not in ("classify", "regress") else 400,
+                           f"unknown action {action!r}: this model answers :predict only")
+    wanted = "POST" if action == "predict" else "GET"
+    if method != wanted:
+        raise RequestError(405, f"{action} takes {wanted}, not {method}")
+    return action
 
 
-def create_app(model_path: str | Path, *, name: str | None = None, version: int = 1,
-               policy: BatchPolicy | None = None, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
-               request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S) -> Starlette:
-    """The ASGI application serving the export at ``model_path``.
+def model_specs(model_path: str | Path, name: str | None = None,
+                version: int = 1) -> list[ModelSpec]:
+    """The one model of ``python -m fnlearn.serve MODEL``: a base path (a folder) or a file.
 
     Args:
-      model_path: a file written by ``fnlearn.export.export_model``.
-      name: the model's name in paths (default: the file name without its suffix).
-      version: the version number it answers to in ``/versions/N`` paths.
+      model_path: a folder of numbered version folders, or a file written by ``export_model``.
+      name: the model's name (default: the folder's name, or the file name without suffix).
+      version: the version number of a file.
+    """
+    path = Path(model_path)
+    if path.is_dir():
+        return [ModelSpec(name or path.resolve().name, base_path=path)]
+    return [ModelSpec(name or path.stem, file=path, version=version)]
+
+
+def create_app(models: list[ModelSpec] | str | Path, *, name: str | None = None,
+               version: int = 1, policy: BatchPolicy | None = None,
+               max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+               request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S, poll_s: float = 1.0,
+               grpc_port: int = 0, grpc_host: str = "127.0.0.1", grpc_reuse_port: bool = False,
+               load: versions.Loader | None = None,
+               metrics: Metrics | None = None) -> Starlette:
+    """The ASGI application serving ``models``.
+
+    Args:
+      models: what to serve (``ModelSpec`` list), or one export file or base path.
+      name, version: the name and version of a single ``models`` path (see ``model_specs``).
       policy: how concurrent predict requests are batched (default ``BatchPolicy()``).
       max_body_bytes: larger request bodies are refused with 413.
       request_timeout_s: a predict request not answered within this many seconds gets
         408 (body still arriving) or 504 (inference).
+      poll_s: seconds between scans of the base paths (0: scan once, at start).
+      grpc_port: serve TF Serving's gRPC API on this port too (0: no gRPC).
+      grpc_host: the address gRPC binds.
+      grpc_reuse_port: let other worker processes bind the same gRPC port.
+      load: loads one version, ``(name, version, path) -> Servable`` (default
+        ``versions.load_version`` compiled for the policy's batch sizes).
+      metrics: where to count (default: a fresh ``create_metrics()``).
 
     Returns:
-      A Starlette app; its lifespan starts and stops the batcher.
+      A Starlette app; its lifespan starts and stops batchers, watcher and gRPC server.
 
     Raises:
-      FileNotFoundError, fnlearn.export.ExportError: the model file is missing or bad.
+      FileNotFoundError, fnlearn.export.ExportError: a model file or base path is missing
+        or a model file is bad.
       ValueError: a bad option.
     """
     policy = policy or BatchPolicy()
-    if not isinstance(version, int) or version <= 0:
-        raise ValueError(f"version must be a positive int, got {version!r}")
     if not isinstance(max_body_bytes, int) or max_body_bytes <= 0:
         raise ValueError(f"max_body_bytes must be a positive int, got {max_body_bytes!r}")
     if not request_timeout_s > 0:
         raise ValueError(f"request_timeout_s must be > 0, got {request_timeout_s!r}")
-    loaded = load_exported(model_path)
-    exported, meta = loaded.exported, loaded.meta
-    name = name or Path(model_path).stem
-    version_text = str(version)
-    in_aval, out_aval = exported.in_avals[0], exported.out_avals[0]
-    example_shape = tuple(int(d) for d in in_aval.shape[1:])
-    in_dtype = np.dtype(in_aval.dtype)
-    metadata = metadata_document(name, version_text, tuple(in_aval.shape), in_dtype,
-                                 tuple(out_aval.shape), np.dtype(out_aval.dtype), meta)
-    run = _compiled(exported, policy.batch_sizes)
+    if not poll_s >= 0:
+        raise ValueError(f"poll_s must be >= 0, got {poll_s!r}")
+    specs = models if isinstance(models, list) else model_specs(models, name, version)
+    load = load or (lambda n, v, p: versions.load_version(n, v, p, policy.batch_sizes))
+    metrics = metrics or create_metrics(policy.max_batch_size)
+    table = versions.load_initial(specs, load)
 
-    def resolve(target_rest: str, method: str):
-        target = parse_path(target_rest)
-        if target.name != name:
-            raise RequestError(404, f"model {target.name!r} is not served here; this server "
-                                    f"serves {name!r}")
-        if target.version is not None and target.version != version_text:
-            raise RequestError(404, f"model {name!r} has no version {target.version!r}; it "
-                                    f"serves version {version_text}")
-        if target.label is not None:
-            raise RequestError(404, f"model {name!r} has no label {target.label!r}; ask for "
-                                    f"/versions/{version_text}")
-        if target.action not in ("status", "metadata", "predict"):
-            raise RequestError(404 if target.action not in ("classify", "regress") else 400,
-                               f"unknown action {target.action!r}: this model answers "
-                               f":predict only")
-        wanted = "POST" if target.action == "predict" else "GET"
-        if method != wanted:
-            raise RequestError(405, f"{target.action} takes {wanted}, not {method}")
-        return target.action
+    async def start(servable: versions.Servable) -> None:
+        labels = (servable.name, str(servable.version))
+        servable.batcher = DynamicBatcher(
+            servable.call, policy, on_call=metrics.batch_rows.labels(*labels).observe,
+            on_queue=metrics.queue_depth.labels(*labels).set)
+        await servable.batcher.__aenter__()
+        metrics.version_loads.labels(servable.name, "loaded").inc()
 
-    async def predict(request: Request) -> Response:
+    async def predict(request: Request, target) -> Response:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + request_timeout_s
-        batcher: DynamicBatcher = request.state.batcher
-        with batcher.incoming():
+        servable = versions.resolve(table, target.name, target.version, target.label)
+        with servable.batcher.incoming():
             try:
                 body = await asyncio.wait_for(_read_body(request, max_body_bytes),
                                               request_timeout_s)
             except TimeoutError:
                 return _error(408, f"the request body did not arrive within "
                                    f"{request_timeout_s} s")
-            if len(body) > _PARSE_IN_THREAD_BYTES:
-                x, row_format = await asyncio.to_thread(parse_predict, body, in_dtype,
-                                                        example_shape)
-            else:
-                x, row_format = parse_predict(body, in_dtype, example_shape)
+            parse = partial(parse_predict, body, servable.in_dtype, servable.example_shape)
+            x, row_format = (await asyncio.to_thread(parse) if len(body) > _PARSE_IN_THREAD_BYTES
+                             else parse())
+            while servable.batcher.closing:  # a newer version took over while this was read
+                newer = versions.resolve(table, target.name, target.version, target.label)
+                if (newer.in_dtype, newer.example_shape) != (servable.in_dtype,
+                                                            servable.example_shape):
+                    x, row_format = parse_predict(body, newer.in_dtype, newer.example_shape)
+                servable = newer
+            check_range(x, '"instances"' if row_format else '"inputs"', servable.input_range)
             try:
-                outputs = await asyncio.wait_for(batcher.submit(x),
+                outputs = await asyncio.wait_for(servable.batcher.submit(x),
                                                  max(deadline - loop.time(), 0.0))
             except TimeoutError:
                 return _error(504, f"no prediction within the request timeout of "
@@ -171,57 +191,103 @@ def create_app(model_path: str | Path, *, name: str | None = None, version: int 
                 return _error(503, f"server unavailable: {error}")
         return Response(predict_answer(outputs, row_format), media_type="application/json")
 
-    async def models(request: Request) -> Response:
+    async def model_api(request: Request) -> Response:
+        started = time.perf_counter()
+        action, model = "", ""
         try:
-            action = resolve(request.path_params["rest"], request.method)
+            target = parse_path(request.path_params["rest"])
+            action = _action(target.action, request.method)
+            model = target.name if target.name in table else ""
             if action == "predict":
-                return await predict(request)
+                response = await predict(request, target)
+            elif action == "metadata":
+                response = _json(versions.resolve(table, target.name, target.version,
+                                                  target.label).metadata)
+            else:
+                found = versions.find_model(table, target.name)
+                response = _json(status_document(versions.status_rows(found, target.version,
+                                                                      target.label)))
         except RequestError as error:
-            return _error(error.status, str(error))
+            response = _error(error.status, str(error))
         except Exception as error:  # noqa: BLE001 - the server answers and keeps serving
-            logger.exception("predict failed")
-            return _error(500, f"internal error: {type(error).__name__}: {error}")
-        if action == "metadata":
-            return _json(metadata)
-        return _json(status_document(version_text))
+            logger.exception("request failed")
+            response = _error(500, f"internal error: {type(error).__name__}: {error}")
+        if action == "predict":
+            metrics.requests.labels(model, SIGNATURE_NAME, "rest",
+                                    str(response.status_code)).inc()
+            metrics.latency.labels(model, SIGNATURE_NAME, "rest").observe(
+                time.perf_counter() - started)
+        return response
+
+    async def model_list(request: Request) -> Response:
+        served = ", ".join(f"/v1/models/{n}" for n in sorted(table))
+        return _error(404, f"name a model: {served}")
+
+    async def api(request: Request) -> Response:
+        if not request.path_params["rest"]:
+            return await model_list(request)
+        return await model_api(request)
+
+    async def prometheus(request: Request) -> Response:
+        text, content_type = scrape(metrics)
+        return Response(text, media_type=content_type)
 
     async def http_error(request: Request, error: HTTPException) -> Response:
+        served = ", ".join(f"/v1/models/{n}" for n in sorted(table))
         return _error(error.status_code, f"{error.detail}: {request.method} {request.url.path}; "
-                                         f"the API is under /v1/models/{name}")
+                                         f"the API is under {served}")
+
+    async def watch() -> None:
+        while True:
+            await asyncio.sleep(poll_s)
+            for model in table.values():
+                if model.spec.base_path is None:
+                    continue
+                failed = dict(model.refused)
+                try:
+                    await versions.refresh(model, load, start)
+                except Exception:  # noqa: BLE001 - the watcher must outlive one bad poll
+                    logger.exception("model %r: polling %s failed", model.spec.name,
+                                     model.spec.base_path)
+                for version, fingerprint in model.refused.items():
+                    if failed.get(version) != fingerprint:
+                        metrics.version_loads.labels(model.spec.name, "failed").inc()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette):
-        async with DynamicBatcher(run, policy) as batcher:
-            logger.info("serving model %r version %s: input %s %s, batching %s", name,
-                        version_text, tuple(in_aval.shape), in_dtype,
+        for model in table.values():
+            for servable in model.served.values():
+                await start(servable)
+            served = ", ".join(map(str, sorted(model.served))) or "none yet"
+            logger.info("serving model %r versions %s (%s), batching %s", model.spec.name,
+                        served, model.spec.file or f"{model.spec.base_path}, policy "
+                                                    f"{model.spec.policy.describe()}",
                         f"up to {policy.max_batch_size} rows" if policy.enabled else "off")
-            yield {"batcher": batcher}
+        watcher = (asyncio.get_running_loop().create_task(watch())
+                   if poll_s > 0 and any(m.spec.base_path for m in table.values()) else None)
+        grpc_server = None
+        if grpc_port:
+            from fnlearn.serve.grpc import start_grpc
 
-    return Starlette(routes=[Route("/v1/models/{rest:path}", models, methods=["GET", "POST"])],
-                     exception_handlers={HTTPException: http_error}, lifespan=lifespan)
+            grpc_server = start_grpc(table, asyncio.get_running_loop(), metrics,
+                                     host=grpc_host, port=grpc_port, reuse_port=grpc_reuse_port,
+                                     request_timeout_s=request_timeout_s,
+                                     max_message_bytes=max_body_bytes)
+        try:
+            yield
+        finally:
+            if grpc_server is not None:
+                await asyncio.to_thread(lambda: grpc_server.stop(5.0).wait())
+            if watcher is not None:
+                watcher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watcher
+            for model in table.values():
+                for servable in list(model.served.values()):
+                    await servable.batcher.close()
 
-
-def serve(model_path: str | Path, *, host: str = "127.0.0.1", port: int = 8501,
-          graceful_timeout_s: float = 30.0, access_log: bool = False, **app_options) -> None:
-    """Serves the export at ``model_path`` until SIGINT or SIGTERM.
-
-    On either signal the server stops accepting connections, finishes the requests in
-    flight (for at most ``graceful_timeout_s``), then exits.
-
-    Args:
-      model_path: a file written by ``fnlearn.export.export_model``.
-      host: the address to bind; the default is reachable from this machine only.
-      port: the TCP port (TensorFlow Serving's REST port by default).
-      graceful_timeout_s: the longest wait for requests in flight at shutdown.
-      access_log: log every request.
-      **app_options: ``create_app``'s options (name, version, policy, limits).
-    """
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
-    app = create_app(model_path, **app_options)
-    # The loaded model and JAX leave hundreds of thousands of long-lived objects; a full
-    # garbage collection walking them stalled every request in flight for ~60 ms (the p99
-    # of experiments/serve_benchmark.py). Frozen, they are never walked again.
-    gc.freeze()
-    config = uvicorn.Config(app, host=host, port=port, access_log=access_log, lifespan="on",
-                            timeout_graceful_shutdown=graceful_timeout_s, log_level="info")
-    uvicorn.Server(config).run()
+    routes = [Route("/v1/models", model_list, methods=["GET", "POST"]),
+              Route("/v1/models/{rest:path}", api, methods=["GET", "POST"]),
+              Route(METRICS_PATH, prometheus, methods=["GET"])]
+    return Starlette(routes=routes, exception_handlers={HTTPException: http_error},
+                     lifespan=lifespan)

@@ -7,6 +7,12 @@ the input, as TF Serving clients of a SavedModel exported by
 ``fnlearn.export.export_saved_model`` do: ``{"instances": [{"inputs": ...}]}``,
 ``{"inputs": {"inputs": ...}}``. Every mistake in a request is a ``RequestError``
 carrying the HTTP status and a message saying what to send instead.
+
+Where TF Serving's spec leaves a choice, the choices are: ``"signature_name": ""``
+means the default signature; unknown top-level keys are ignored; integers that the
+model's float dtype cannot hold exactly (``16777217`` for float32) are refused, as TF
+Serving refuses them; ``NaN`` and ``Infinity`` are valid JSON per the spec but refused,
+since no model output computed from them means anything (the error names the first one).
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ SIGNATURE_NAME = "serving_default"
 _PATH = re.compile(r"(?P<name>[^/:]+)(?:/versions/(?P<version>[^/:]+)|/labels/(?P<label>[^/:]+))?"
                    r"(?::(?P<verb>[^/:]+)|/(?P<tail>metadata))?")
 
-_TF_DTYPES = {"float16": "DT_HALF", "bfloat16": "DT_BFLOAT16", "float32": "DT_FLOAT",
+TF_DTYPES = {"float16": "DT_HALF", "bfloat16": "DT_BFLOAT16", "float32": "DT_FLOAT",
               "float64": "DT_DOUBLE", "int8": "DT_INT8", "int16": "DT_INT16", "int32": "DT_INT32",
               "int64": "DT_INT64", "uint8": "DT_UINT8", "uint16": "DT_UINT16",
               "uint32": "DT_UINT32", "uint64": "DT_UINT64", "bool": "DT_BOOL"}
@@ -85,7 +91,8 @@ def _tensor(value, where: str, dtype: np.dtype, example_shape: tuple[int, ...]) 
 def _cast(x: np.ndarray, where: str, dtype: np.dtype) -> np.ndarray:
     if x.dtype.kind == "f" and not np.isfinite(x).all():
         index = tuple(int(i) for i in np.argwhere(~np.isfinite(x))[0])
-        raise RequestError(400, f"{where} contains NaN or infinity (first at index {index})")
+        raise RequestError(400, f"{where} contains NaN or infinity (first at index {index}): "
+                                f"the model's answer to it would mean nothing")
     if dtype == np.bool_:
         if x.dtype != np.bool_:
             raise RequestError(400, f"{where} holds {x.dtype.name} numbers; the model takes "
@@ -105,11 +112,57 @@ def _cast(x: np.ndarray, where: str, dtype: np.dtype) -> np.ndarray:
             raise RequestError(400, f"{where} holds {bad}, outside the range of the model's "
                                     f"dtype {dtype} [{info.min}, {info.max}]")
         return x.astype(dtype)
-    with np.errstate(over="ignore"):
+    with np.errstate(over="ignore", invalid="ignore"):
         cast = x.astype(dtype)
     if not np.isfinite(cast).all():
         raise RequestError(400, f"{where} holds numbers too large for the model's dtype {dtype}")
+    # Integers must arrive exactly: 16777217 would silently become 16777216.0 in float32.
+    with np.errstate(over="ignore", invalid="ignore"):
+        changed = (cast.astype(np.float64) != x) & (x == np.round(x))
+    if changed.any():
+        index = tuple(int(i) for i in np.argwhere(changed)[0])
+        value = x[index]
+        value = int(value) if x.dtype.kind in "iu" else value
+        raise RequestError(400, f"{where} holds the integer {value} at index {index}, which "
+                                f"the model's dtype {dtype} cannot represent exactly (it would "
+                                f"become {cast[index].item()!r})")
     return cast
+
+
+def check_signature(signature) -> None:
+    """Refuses a signature name other than the default (``""`` means the default).
+
+    Raises:
+      RequestError: (400) another signature is named.
+    """
+    if signature not in ("", SIGNATURE_NAME):
+        raise RequestError(400, f"unknown signature_name {signature!r}; the model has one, "
+                                f"{SIGNATURE_NAME!r}")
+
+
+def check_tensor(x: np.ndarray, where: str, dtype: np.dtype,
+                 example_shape: tuple[int, ...]) -> np.ndarray:
+    """``x`` checked against the model's per-example shape and cast exactly to ``dtype``.
+
+    Raises:
+      RequestError: (400) the shape does not fit, or a value would change in ``dtype``.
+    """
+    return _tensor(x, where, dtype, example_shape)
+
+
+def check_range(x: np.ndarray, where: str, input_range) -> None:
+    """Refuses values outside the export's ``input_range`` (``[low, high]`` or None).
+
+    Raises:
+      RequestError: (400) naming the first value outside.
+    """
+    if input_range is None:
+        return
+    outside = (x < input_range[0]) | (x > input_range[1])
+    if outside.any():
+        index = tuple(int(i) for i in np.argwhere(outside)[0])
+        raise RequestError(400, f"{where} holds {x[index].item()!r} at index {index}, outside "
+                                f"the model's input range [{input_range[0]}, {input_range[1]}]")
 
 
 def _named(value, where: str):
@@ -145,15 +198,13 @@ def parse_predict(body: bytes, dtype: np.dtype,
     if not isinstance(request, dict):
         raise RequestError(400, 'the request body must be a JSON object: {"instances": [...]} '
                                 'or {"inputs": ...}')
-    signature = request.get("signature_name", SIGNATURE_NAME)
-    if signature != SIGNATURE_NAME:
-        raise RequestError(400, f"unknown signature_name {signature!r}; the model has one, "
-                                f"{SIGNATURE_NAME!r}")
-    unknown = sorted(set(request) - {"instances", "inputs", "signature_name"})
-    if unknown or ("instances" in request) == ("inputs" in request):
+    check_signature(request.get("signature_name", ""))
+    if ("instances" in request) == ("inputs" in request):
+        # Other keys are ignored, as TF Serving ignores them; they are named to help.
+        unknown = sorted(set(request) - {"instances", "inputs", "signature_name"})
         raise RequestError(400, 'the request must have exactly one of "instances" (row format) '
                                 'or "inputs" (columnar format)'
-                                + (f"; unknown keys {unknown}" if unknown else ""))
+                                + (f"; other keys {unknown} are ignored" if unknown else ""))
     if "inputs" in request:
         return _tensor(_named(request["inputs"], '"inputs"'), '"inputs"', dtype,
                        example_shape), False
@@ -177,14 +228,22 @@ def predict_answer(outputs: np.ndarray, row_format: bool) -> bytes:
 
 def _tensor_info(shape: tuple, dtype: np.dtype, name: str) -> dict:
     dims = [{"size": str(d) if isinstance(d, int) else "-1", "name": ""} for d in shape]
-    return {"dtype": _TF_DTYPES.get(np.dtype(dtype).name, "DT_INVALID"),
+    return {"dtype": TF_DTYPES.get(np.dtype(dtype).name, "DT_INVALID"),
             "tensor_shape": {"dim": dims, "unknown_rank": False}, "name": name}
 
 
-def status_document(version: str) -> dict:
-    """``GET /v1/models/NAME``: the one version, available."""
-    return {"model_version_status": [{"version": version, "state": "AVAILABLE",
-                                      "status": {"error_code": "OK", "error_message": ""}}]}
+def status_document(rows) -> dict:
+    """``GET /v1/models/NAME``: each version's state, as TF Serving reports it.
+
+    Args:
+      rows: ``(version, state, error_code, error_message)`` per version, e.g.
+        ``(2, "AVAILABLE", "OK", "")``; states are TF Serving's ``START``, ``LOADING``,
+        ``AVAILABLE``, ``UNLOADING`` and ``END``.
+    """
+    return {"model_version_status": [
+        {"version": str(version), "state": state,
+         "status": {"error_code": code, "error_message": message}}
+        for version, state, code, message in rows]}
 
 
 def metadata_document(name: str, version: str, input_shape: tuple, input_dtype: np.dtype,
