@@ -140,6 +140,12 @@ def _specs(args, parser) -> list[ModelSpec]:
     return [ModelSpec(args.name or path.stem, file=path, version=args.version, labels=labels)]
 
 
+# tensorflow-serving-api requires the `tensorflow` distribution; with tensorflow-cpu
+# (or tensorflow) already installed, --no-deps keeps TensorFlow from installing twice.
+GRPC_INSTALL = ("pip install 'fnlearn[serve]' tensorflow-cpu==2.21.0 && pip install --no-deps "
+                "tensorflow-serving-api==2.21.0")
+
+
 def _grpc_port(args, parser) -> int:
     if args.port == args.rest_api_port:
         parser.error(f"--port {args.port} is the gRPC port (TensorFlow Serving's name) and "
@@ -149,9 +155,9 @@ def _grpc_port(args, parser) -> int:
     missing = [m for m in ("grpc", "tensorflow_serving") if importlib.util.find_spec(m) is None]
     if missing and args.port is not None:
         parser.error(f"gRPC needs grpcio and tensorflow-serving-api (missing: {missing}); "
-                     f"pip install 'fnlearn[serve]', or --port 0")
+                     f"{GRPC_INSTALL}, or --port 0")
     if missing:
-        print(f"warning: no gRPC: {', '.join(missing)} missing; pip install 'fnlearn[serve]'",
+        print(f"warning: no gRPC: {', '.join(missing)} missing; {GRPC_INSTALL}",
               file=sys.stderr)
         return 0
     return 8500 if args.port is None else args.port
