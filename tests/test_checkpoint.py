@@ -118,9 +118,14 @@ def test_checkpoint_of_another_optimizer_is_summarized(tmp_path):
                                               r"optimizer\?\): \d+ leaves, the first:") as error:
         restore_checkpoint(tmp_path, rmsprop)
     message = str(error.value)
-    # One header, the summary and three leaves: not one line per optimizer leaf.
-    assert message.count("\n") == 4 and len(message) < 600, message
+    # One header, the summary, three leaves and the fix: not one line per optimizer leaf.
+    assert message.count("\n") == 5 and len(message) < 800, message
     assert ".params" not in message
+    assert message.endswith("for inference, fnlearn.restore_params(directory, model, "
+                            "input_shape) reads the parameters without any optimizer")
+    # The fix it names works: the parameters come back without the optimizer that trained them.
+    params, _ = fnlearn.restore_params(tmp_path, model, (4,))
+    assert leaves_equal(params, small_state().params)
 
 
 def test_restore_params_reads_the_parameters_without_the_optimizer(tmp_path):
