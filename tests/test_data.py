@@ -11,8 +11,6 @@ import pytest
 from fnlearn import data
 from fnlearn.data import datasets
 
-FULL_MNIST = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "mnist"
-
 IMAGES = {"train": "train-images-idx3-ubyte", "test": "t10k-images-idx3-ubyte"}
 LABELS = {"train": "train-labels-idx1-ubyte", "test": "t10k-labels-idx1-ubyte"}
 
@@ -48,7 +46,8 @@ def write_folder(folder: Path, arrays: dict[str, np.ndarray], gz: bool) -> Path:
 @pytest.fixture
 def offline(monkeypatch, tmp_path):
     """No FNLEARN_DATA_DIR, an empty tfds data dir, and no download mirror (see conftest.py)."""
-    tfds = pytest.importorskip("tensorflow_datasets")
+    import tensorflow_datasets as tfds
+
     monkeypatch.delenv(data.DATA_DIR_ENV, raising=False)
     monkeypatch.setattr(tfds.core.constants, "DATA_DIR", str(tmp_path / "tfds"))
     monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds"))
@@ -255,9 +254,10 @@ def test_auto_offline_fashion_mnist_has_no_sample_to_fall_back_to(offline):
 
 
 @pytest.mark.parametrize("has_tensorflow", [True, False], ids=["as_dataset", "data_source"])
-def test_tfds_adapter_on_mock_data(monkeypatch, tmp_path, has_tensorflow):
-    tfds = pytest.importorskip("tensorflow_datasets")
-    pytest.importorskip("tensorflow")  # mock_data builds its examples with TensorFlow
+def test_tfds_adapter_on_mock_data(monkeypatch, tmp_path, has_tensorflow, need):
+    import tensorflow_datasets as tfds
+
+    need("tensorflow")  # mock_data builds its examples with TensorFlow
     monkeypatch.setattr(datasets, "tensorflow_available", lambda: has_tensorflow)
     if not has_tensorflow:
         # Without TensorFlow only an existing cache can be read, so pretend there is one (mock_data
@@ -275,9 +275,10 @@ def test_tfds_adapter_on_mock_data(monkeypatch, tmp_path, has_tensorflow):
     assert y_train.min() >= 0 and y_train.max() <= 9
 
 
-def test_auto_uses_a_tfds_cache_before_the_sample(offline, monkeypatch, tmp_path):
-    tfds = pytest.importorskip("tensorflow_datasets")
-    pytest.importorskip("tensorflow")
+def test_auto_uses_a_tfds_cache_before_the_sample(offline, monkeypatch, tmp_path, need):
+    import tensorflow_datasets as tfds
+
+    need("tensorflow")
     (tmp_path / "mnist").mkdir()
     monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path))
     monkeypatch.setattr(tfds.core.DatasetBuilder, "is_prepared", lambda self: True)
@@ -287,16 +288,14 @@ def test_auto_uses_a_tfds_cache_before_the_sample(offline, monkeypatch, tmp_path
 
 
 def test_tfds_without_tensorflow_says_preparing_needs_it(monkeypatch, tmp_path):
-    pytest.importorskip("tensorflow_datasets")
     monkeypatch.setattr(datasets, "tensorflow_available", lambda: False)
     with pytest.raises(data.DataError, match="needs TensorFlow to prepare") as error:
         data.load_mnist("tfds", tmp_path)
     assert str(tmp_path) in str(error.value)
 
 
-@pytest.mark.skipif(not FULL_MNIST.is_dir(), reason=f"full MNIST not found at {FULL_MNIST}")
-def test_full_mnist_loads_and_the_sample_is_its_head():
-    (x_train, y_train), (x_test, y_test) = data.load_mnist("idx", FULL_MNIST)
+def test_full_mnist_loads_and_the_sample_is_its_head(full_mnist):
+    (x_train, y_train), (x_test, y_test) = data.load_mnist("idx", full_mnist)
     assert x_train.shape == (60000, 28, 28) and x_test.shape == (10000, 28, 28)
     assert y_train[:5].tolist() == [5, 0, 4, 1, 9]
     assert y_test[:5].tolist() == [7, 2, 1, 0, 4]

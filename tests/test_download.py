@@ -3,7 +3,6 @@
 import gzip
 import hashlib
 import http.server
-import os
 import shutil
 import threading
 import time
@@ -16,14 +15,6 @@ import pytest
 from fnlearn import data
 from fnlearn.data import download
 
-FULL_MNIST = Path(
-    os.environ.get(data.DATA_DIR_ENV)
-    or Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "mnist"
-)
-needs_full_mnist = pytest.mark.skipif(
-    not (FULL_MNIST / "train-images-idx3-ubyte.gz").is_file(),
-    reason=f"full MNIST .gz files not found at {FULL_MNIST}",
-)
 GZ_NAMES = [f"{name}.gz" for name in data.FILE_NAMES.values()]
 
 
@@ -96,11 +87,10 @@ def write_random_idx(folder: Path) -> Path:
     return folder
 
 
-@needs_full_mnist
-def test_fresh_download_then_the_cache(server_for, tmp_path, monkeypatch):
+def test_fresh_download_then_the_cache(server_for, tmp_path, monkeypatch, full_mnist):
     monkeypatch.delenv(data.DATA_DIR_ENV, raising=False)
     monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds"))  # no prepared tfds copy
-    server = server_for(FULL_MNIST)
+    server = server_for(full_mnist)
     cache = tmp_path / "cache"
     dataset = data.load_mnist(cache_dir=cache)
     assert dataset.source == "download"
@@ -109,20 +99,19 @@ def test_fresh_download_then_the_cache(server_for, tmp_path, monkeypatch):
     assert sorted(server.requests) == sorted(f"/{name}" for name in GZ_NAMES)
     assert files_in(cache) == sorted(GZ_NAMES)
     for name in GZ_NAMES:
-        assert (cache / "mnist" / name).read_bytes() == (FULL_MNIST / name).read_bytes()
+        assert (cache / "mnist" / name).read_bytes() == (full_mnist / name).read_bytes()
 
     again = data.load_mnist(cache_dir=cache)
     assert len(server.requests) == 4  # read from the cache, not downloaded again
     np.testing.assert_array_equal(again.test.images, dataset.test.images)
 
 
-@needs_full_mnist
-def test_only_the_missing_files_are_downloaded(server_for, tmp_path, monkeypatch):
+def test_only_the_missing_files_are_downloaded(server_for, tmp_path, monkeypatch, full_mnist):
     cache = tmp_path / "cache"
     (cache / "mnist").mkdir(parents=True)
     for name in GZ_NAMES[:3]:
-        shutil.copy(FULL_MNIST / name, cache / "mnist" / name)
-    server = server_for(FULL_MNIST)
+        shutil.copy(full_mnist / name, cache / "mnist" / name)
+    server = server_for(full_mnist)
     assert data.load_mnist("download", cache_dir=cache).source == "download"
     assert server.requests == [f"/{GZ_NAMES[3]}"]
 

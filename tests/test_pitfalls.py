@@ -317,7 +317,7 @@ def test_channels_first_images_are_told_to_transpose():
 
 
 def test_a_flax_module_is_told_to_be_wrapped():
-    flax_linen = pytest.importorskip("flax.linen")
+    import flax.linen as flax_linen
 
     class Mlp(flax_linen.Module):
         @flax_linen.compact
