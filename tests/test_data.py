@@ -1,6 +1,7 @@
 """Tests for fnlearn.data: IDX reading and its errors, the tfds adapter, the sample, full MNIST."""
 
 import gzip
+import hashlib
 import pickle
 import time
 from pathlib import Path
@@ -101,14 +102,46 @@ def test_verify_rejects_files_that_are_not_the_official_mnist(tmp_path):
         data.load_mnist("idx", folder)
 
 
-def test_fashion_mnist_verify_checks_gz_files_against_the_official_archives(tmp_path):
+@pytest.mark.parametrize("gz", [True, False], ids=["gz", "raw"])
+def test_fashion_mnist_verify_checks_the_contents_against_the_official_files(tmp_path, gz):
     arrays = small_mnist()
-    gz_folder = write_folder(tmp_path / "gz", arrays, gz=True)
-    with pytest.raises(data.DataError, match=r"train-images-idx3-ubyte\.gz: sha256.*official \.gz"):
-        data.load_fashion_mnist("idx", gz_folder)
-    # Only the archives' hashes are recorded, so uncompressed files get the structural checks.
-    raw = data.load_fashion_mnist("idx", write_folder(tmp_path / "raw", arrays, gz=False))
-    np.testing.assert_array_equal(raw.test.labels, arrays["test_labels"])
+    folder = write_folder(tmp_path, arrays, gz=gz)
+    name = "train-images-idx3-ubyte" + (".gz" if gz else "")
+    with pytest.raises(data.DataError, match=rf"{name}: sha256 is not the official Fashion-MNIST "
+                                             r"train-images-idx3-ubyte's \(c59f468a.* for the "
+                                             r"uncompressed data.*\): its contents differ from the "
+                                             r"official files. Pass verify=False to load it "
+                                             r"anyway") as error:
+        data.load_fashion_mnist("idx", folder)
+    assert "corrupt" not in str(error.value)
+    loaded = data.load_fashion_mnist("idx", folder, verify=False)
+    np.testing.assert_array_equal(loaded.test.labels, arrays["test_labels"])
+
+
+def test_debian_fashion_mnist_is_the_official_archives_renamed(full_fashion_mnist):
+    """How FASHION_MNIST_SHA256 was established offline, replayed.
+
+    Debian's packaging dropped each file's name (and timestamp) from its gzip header; put
+    back, they give the archives tensorflow-datasets registers, byte for byte, so the
+    contents are the official files' and their digests the ones fnlearn records.
+    """
+    timestamps = {"train": 1504176606, "t10k": 1504176627}
+    for name, contents_digest in data.FASHION_MNIST_SHA256.items():
+        packaged = (full_fashion_mnist / f"{name}.gz").read_bytes()
+        assert packaged[3] == 0  # no FNAME flag, no name
+        official = (packaged[:3] + b"\x08" + timestamps[name.split("-")[0]].to_bytes(4, "little")
+                    + packaged[8:10] + name.encode() + b"\0" + packaged[10:])
+        assert len(official) == len(packaged) + len(name) + 1
+        assert hashlib.sha256(official).hexdigest() == data.FASHION_MNIST_ARCHIVE_SHA256[name]
+        assert hashlib.sha256(gzip.decompress(official)).hexdigest() == contents_digest
+
+
+def test_a_local_fashion_mnist_copy_loads_verified(full_fashion_mnist):
+    # Before: refused as "corrupt or another dataset" unless verify=False.
+    (x_train, y_train), (x_test, y_test) = data.load_fashion_mnist("idx", full_fashion_mnist)
+    assert x_train.shape == (60000, 28, 28) and x_test.shape == (10000, 28, 28)
+    assert np.bincount(y_train).tolist() == [6000] * 10
+    assert np.bincount(y_test).tolist() == [1000] * 10
 
 
 def corrupt_bad_magic(folder, arrays):

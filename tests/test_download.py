@@ -127,6 +127,28 @@ def test_a_corrupt_file_is_a_clear_error_and_nothing_is_cached(server_for, tmp_p
     assert files_in(cache) == []
 
 
+def test_a_mirror_serving_a_recompressed_fashion_mnist_is_accepted(server_for, tmp_path,
+                                                                    full_fashion_mnist):
+    # Debian's copies differ from the official archives in their gzip headers only.
+    server = server_for(full_fashion_mnist)
+    dataset = data.load_fashion_mnist("download", cache_dir=tmp_path / "cache")
+    assert dataset.source == "download" and dataset.train.images.shape == (60000, 28, 28)
+    assert sorted(server.requests) == sorted(f"/{name}" for name in GZ_NAMES)
+
+
+def test_verify_false_reaches_the_mirror_route(server_for, tmp_path):
+    server_for(write_random_idx(tmp_path / "served"))
+    cache = tmp_path / "cache"
+    # Before: refused even with verify=False ("...; nothing was cached").
+    with pytest.raises(data.DataError, match=r"its contents differ from the official files; "
+                                             r"nothing was cached. Pass verify=False to load it "
+                                             r"anyway"):
+        data.load_fashion_mnist("download", cache_dir=cache)
+    dataset = data.load_fashion_mnist("download", cache_dir=cache, verify=False)
+    assert dataset.train.images.shape == (3, 28, 28)
+    assert files_in(cache) == sorted(GZ_NAMES)
+
+
 def test_auto_does_not_hide_a_corrupt_download_behind_the_sample(server_for, tmp_path,
                                                                   monkeypatch):
     monkeypatch.delenv(data.DATA_DIR_ENV, raising=False)
