@@ -215,12 +215,26 @@ def check_model(model, argument: str = "model") -> None:
                     f"got {type(model).__name__}")
 
 
-def missing_state_hint(model: Layer, model_state) -> str | None:
-    """The fix when a model with state (BatchNorm statistics) is given none, else None."""
-    if getattr(model, "stateful", False) and not jax.tree.leaves(model_state or {}):
-        return ("the model has non-trainable state (BatchNorm statistics) but model_state is "
-                "empty: pass model_state=state.model_state")
-    return None
+def missing_state_hint(model: Layer, model_state, input_shape) -> str | None:
+    """The fix when a model with state (BatchNorm statistics) is given none, else None.
+
+    Args:
+      model: the model.
+      model_state: the state given (None or ``{}`` when forgotten).
+      input_shape: per-example input shape (or a pytree of them), to learn abstractly
+        whether the model has any state at all (a Flax module may have none).
+    """
+    if not getattr(model, "stateful", False) or jax.tree.leaves(model_state or {}):
+        return None
+    try:
+        expected = jax.eval_shape(lambda k: init_with_state(model, k, input_shape)[2],
+                                  jax.random.key(0))
+    except Exception:  # noqa: BLE001 - a model that cannot init here is another error
+        return None
+    if not jax.tree.leaves(expected):
+        return None
+    return ("the model has non-trainable state (BatchNorm statistics) but model_state is "
+            "empty: pass model_state=state.model_state")
 
 
 def channels_last_hint(shape, works) -> str:
@@ -264,11 +278,11 @@ def model_output(model: Layer, params, model_state, x):
     try:
         return output(example_of(x))
     except Exception as error:  # noqa: BLE001 - re-raised with the shapes that caused it
-        hint = missing_state_hint(model, model_state)
+        shape = per_example_shape(x)
+        hint = missing_state_hint(model, model_state, shape)
         if hint is not None:
             raise ValueError(hint) from error
         dtypes = jax.tree.map(lambda a: str(a.dtype), x)
-        shape = per_example_shape(x)
         nchw = channels_last_hint(shape, lambda s: bool(output(
             jax.ShapeDtypeStruct((1, *s), x.dtype))))
         raise ValueError(

@@ -52,11 +52,11 @@ def _inference_function(model: Layer, params, model_state=None, dtype=None,
                            state=model_state)[0]
 
 
-def _check_model_and_state(model: Layer, params, model_state) -> None:
+def _check_model_and_state(model: Layer, params, model_state, input_shape) -> None:
     check_model(model)
     check_params(params)
     # Without its statistics a BatchNorm model fails deep inside tracing (KeyError: 'mean').
-    hint = missing_state_hint(model, model_state)
+    hint = missing_state_hint(model, model_state, tuple(int(d) for d in input_shape))
     if hint is not None:
         raise ValueError(f"cannot export the model: {hint}")
 
@@ -108,7 +108,7 @@ def export_model(model: Layer, params, input_shape: Sequence[int], dtype, path: 
       ValueError: the model cannot be traced for this input, or ``float_inputs`` with a
         dtype that is not an unsigned integer.
     """
-    _check_model_and_state(model, params, model_state)
+    _check_model_and_state(model, params, model_state, input_shape)
     _check_float_inputs(float_inputs, dtype)
     spec = _batch_polymorphic_spec(input_shape, _signature_dtype(dtype, float_inputs))
     function = _inference_function(model, params, model_state, dtype, float_inputs)
@@ -221,7 +221,7 @@ def export_saved_model(model: Layer, params, input_shape: Sequence[int], dtype,
     Returns:
       The directory written.
     """
-    _check_model_and_state(model, params, model_state)
+    _check_model_and_state(model, params, model_state, input_shape)
     _check_float_inputs(float_inputs, dtype)
     import tensorflow as tf
     from jax.experimental import jax2tf

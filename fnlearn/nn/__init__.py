@@ -6,7 +6,7 @@
 - ``conv``: ``Conv2D``, ``MaxPool2D``, ``AvgPool2D``, ``GlobalAveragePooling2D``, ``Reshape``
   (NHWC activations, HWIO kernels).
 - ``norm``: ``BatchNorm`` (stateful: running statistics; Keras or PyTorch conventions).
-- ``flax``: ``from_flax``, a linen module as a layer.
+- ``flax``: ``from_flax`` (a linen module) and ``from_nnx`` (an NNX module) as layers.
 
 Parameters are plain dicts of arrays; ``serial`` keys each child's parameters by
 ``"<kind>_<position>"`` (``dense_1``, ``dense_4``), so a checkpoint or a weight
@@ -49,13 +49,13 @@ from fnlearn.nn.dense import (
     glorot_uniform,
     torch_linear_uniform,
 )
-from fnlearn.nn.flax import from_flax
+from fnlearn.nn.flax import from_flax, from_nnx
 from fnlearn.nn.norm import BatchNorm
 
 __all__ = [
     "ACTIVATIONS", "Activation", "AvgPool2D", "BatchNorm", "Conv2D", "Dense", "Dropout",
     "Flatten", "GlobalAveragePooling2D", "Layer", "Linear", "LogSoftmax", "MaxPool2D",
     "ModelState", "Normalize", "Params", "ReLU", "Reshape", "Sequential", "Shape", "Softmax",
-    "apply", "as_key", "count_params", "explicit_padding", "from_flax", "glorot_uniform",
-    "init", "init_with_state", "serial", "summary", "torch_linear_uniform",
+    "apply", "as_key", "count_params", "explicit_padding", "from_flax", "from_nnx",
+    "glorot_uniform", "init", "init_with_state", "serial", "summary", "torch_linear_uniform",
 ]
