@@ -295,3 +295,29 @@ def test_process_killed_mid_save_leaves_the_previous_checkpoint_intact(tmp_path)
     print(f"\n{attempts} kills, {torn} while a save's temporary directory existed; "
           "the latest committed checkpoint restored whole each time")
     assert torn >= 1, f"none of {attempts} kills landed during a save"
+
+
+def _docs_example(section: str) -> str:
+    """The first Python block under ``## <section>`` in docs/checkpoints.md."""
+    text = (ROOT / "docs" / "checkpoints.md").read_text()
+    body = text.split(f"## {section}\n", 1)[1]
+    return body.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+def test_the_docs_inference_examples_run_on_a_batch_norm_model(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    model = nn.serial(nn.Normalize(0, 255), nn.Reshape((28, 28, 1)), nn.Conv2D(4, (3, 3)),
+                      nn.BatchNorm(), nn.ReLU(), nn.Flatten(), nn.Dense(10, "softmax"))
+    images = np.random.default_rng(0).integers(0, 256, (48, 28, 28), dtype=np.uint8)
+    state, _ = fnlearn.fit(model, images, np.arange(48) % 10,
+                           loss="sparse_categorical_crossentropy", optimizer="adam",
+                           batch_size=16, verbose=0,
+                           callbacks=[fnlearn.ModelCheckpoint("runs/mnist", verbose=0)])
+    expected = fnlearn.predict(model, state.params, images, model_state=state.model_state)
+
+    restoring = {"model": model, "images": images}
+    exec(_docs_example("Restoring for inference"), restoring)
+    np.testing.assert_array_equal(restoring["probabilities"], expected)
+    exporting = {"model": model, "images": images, "state": state, "np": np}
+    exec(_docs_example("Export for serving"), exporting)
+    np.testing.assert_array_equal(exporting["probabilities"], expected)

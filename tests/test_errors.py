@@ -96,8 +96,8 @@ def test_loss_that_cannot_compare_labels_and_outputs():
                                          r"with model outputs of per-example shape \(2,\)"):
         fnlearn.fit(nn.serial(nn.Dense(2)), X, X, loss="mse", optimizer=optim.keras_adam(),
                     batch_size=5, verbose=0)
-    with pytest.raises(ValueError, match="unknown loss 'hinge'"):
-        fit(loss="hinge")
+    with pytest.raises(ValueError, match="unknown loss 'squared_hinge'"):
+        fit(loss="squared_hinge")
 
 
 def diverging_run(directory):
