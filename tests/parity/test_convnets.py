@@ -162,7 +162,7 @@ def fnlearn_grads(model, params, x, y, recipe):
 
 def check_grads(record, ours, theirs, context):
     assert {k: sorted(v) for k, v in ours.items()} == {k: sorted(v) for k, v in theirs.items()}
-    worst = (0.0, "")
+    worst, used = (0.0, ""), 0.0
     for name, leaves in theirs.items():
         for leaf, expected in leaves.items():
             scale = float(np.max(np.abs(np.asarray(expected))))
@@ -171,7 +171,16 @@ def check_grads(record, ours, theirs, context):
             assert result.passed, str(result)
             worst = max(worst, (result.max_abs_error / scale, f"{name}/{leaf}: max abs error "
                                 f"{result.max_abs_error:.1e}, largest |grad| {scale:.1e}"))
+            used = max(used, allowance_used(result))
     record("gradients, worst abs error / largest |grad|", f"{worst[0]:.1e} ({worst[1]})")
+    record("gradients, largest share of the allowance used", f"{used:.2f}")
+
+
+def allowance_used(result) -> float:
+    """|error| / (atol + rtol * |expected|) at the worst element: what the check compares to 1."""
+    allowed = result.atol + result.rtol * abs(result.expected_at_worst)
+    error = abs(result.actual_at_worst - result.expected_at_worst)
+    return error / allowed if allowed else float(error > 0)
 
 
 @pytest.fixture(scope="module")

@@ -13,9 +13,9 @@ from fnlearn import losses, nn, optim, parity
 pytestmark = pytest.mark.parity
 
 RTOL = 1e-5
-# Gradients, per element: rel 1e-5 plus 1e-5 of the tensor's largest |gradient| (as in
-# convnet_recipes: the CPU convolution sums in another order).
-GRAD_ATOL_FRACTION = 1e-5
+# Gradients, per element: rel 1e-5 plus 1e-6 of the tensor's largest |gradient|, as in
+# convnet_recipes (the worst element uses 0.62 of that allowance, for the Net class).
+GRAD_ATOL_FRACTION = 1e-6
 
 
 def nchw(x):
@@ -50,7 +50,7 @@ def simple_mnist_convnet(keras):
 
 def check_grads(record, ours, theirs):
     assert {k: sorted(v) for k, v in ours.items()} == {k: sorted(v) for k, v in theirs.items()}
-    worst = 0.0
+    worst, used = 0.0, 0.0
     for name, leaves in theirs.items():
         for leaf, expected in leaves.items():
             scale = float(np.max(np.abs(np.asarray(expected))))
@@ -58,7 +58,10 @@ def check_grads(record, ours, theirs):
                                     atol=GRAD_ATOL_FRACTION * scale)
             assert result.passed, str(result)
             worst = max(worst, result.max_abs_error / scale)
+            allowed = result.atol + result.rtol * abs(result.expected_at_worst)
+            used = max(used, abs(result.actual_at_worst - result.expected_at_worst) / allowed)
     record("gradients, worst abs error / largest |grad|", f"{worst:.1e}")
+    record("gradients, largest share of the allowance used", f"{used:.2f}")
 
 
 def torch_gradients(torch, module, model, input_shape, x, y, loss):
