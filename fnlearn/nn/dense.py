@@ -120,16 +120,24 @@ def Activation(name: str) -> Layer:
     return _elementwise(name, fn)
 
 
-def Flatten() -> Layer:
-    """Flattens every axis but the batch axis."""
+def Flatten(channels_first: bool = False) -> Layer:
+    """Flattens every axis but the batch axis.
+
+    Args:
+      channels_first: flatten an NHWC image in PyTorch's (C, H, W) order instead of
+        (H, W, C), so the features line up with a PyTorch model's ``torch.flatten``
+        (what ``fnlearn.parity.from_torch`` uses when no Linear follows to absorb the order).
+    """
 
     def init_fn(key, input_shape):
         return (math.prod(input_shape),), {}
 
     def apply_fn(params, x, *, key=None, train=False):
+        if channels_first and x.ndim == 4:
+            x = x.transpose(0, 3, 1, 2)
         return x.reshape(x.shape[0], -1)
 
-    return Layer(init_fn, apply_fn, "flatten")
+    return Layer(init_fn, apply_fn, "flatten", {"channels_first": True} if channels_first else {})
 
 
 def Normalize(mean: float = 0.0, std: float = 1.0) -> Layer:

@@ -19,6 +19,7 @@ import jax
 from fnlearn.nn.core import Layer, init_with_state
 from fnlearn.parity import registry
 from fnlearn.parity.graphs import (
+    ELEMENTWISE_KINDS,
     IGNORED_KINDS,
     Op,
     import_keras,
@@ -150,8 +151,10 @@ def _flatten_from(steps: list[Step], index: int) -> tuple[int, ...] | None:
     """The image shape a Dense's input was flattened from, when it directly follows a Flatten."""
     for step in reversed(steps[:index]):
         if step.layer.kind == "flatten":
-            return step.shape if len(step.shape) == 3 else None
-        if step.layer.kind not in IGNORED_KINDS:
+            # A channels-first Flatten already orders the features as PyTorch does.
+            channels_first = step.layer.config.get("channels_first", False)
+            return step.shape if len(step.shape) == 3 and not channels_first else None
+        if step.layer.kind not in IGNORED_KINDS + ELEMENTWISE_KINDS:
             return None
     return None
 

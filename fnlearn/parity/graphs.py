@@ -19,6 +19,9 @@ from typing import Any, NamedTuple
 # asymmetric or explicit padding is spelled in PyTorch and Keras (a layer before it);
 # the padding itself is checked by running the models, not by the kinds.
 IGNORED_KINDS = ("dropout", "identity", "normalize", "zero_pad")
+# Kinds that act on each feature alone: between a Flatten and a Linear they keep the
+# feature order, which the Linear's rows then absorb.
+ELEMENTWISE_KINDS = ("dropout", "identity", "relu", "tanh", "sigmoid")
 
 
 class Op(NamedTuple):

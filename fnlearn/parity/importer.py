@@ -10,11 +10,16 @@ built, naming where it sits.
 
 PyTorch images are NCHW; the fnlearn model takes NHWC, so ``input_shape=(1, 28, 28)``
 gives a model for ``(28, 28, 1)`` inputs, and the first Dense after a Flatten has its
-kernel rows permuted accordingly.
+kernel rows permuted accordingly. A Flatten that no Linear follows becomes a
+``Flatten(channels_first=True)``, whose outputs are in PyTorch's (C, H, W) order.
+
+A report that fails raises ``ImportMismatchError`` (``strict=False``: a warning), so a
+wrong import is never used by accident.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -24,7 +29,14 @@ from fnlearn import nn
 from fnlearn.nn.core import Layer, apply
 from fnlearn.parity.compare import compare, to_numpy
 from fnlearn.parity.convert import variables_from_keras, variables_from_torch
-from fnlearn.parity.graphs import Op, import_keras, import_torch, keras_ops, torch_ops
+from fnlearn.parity.graphs import (
+    ELEMENTWISE_KINDS,
+    Op,
+    import_keras,
+    import_torch,
+    keras_ops,
+    torch_ops,
+)
 
 
 class Report(NamedTuple):
@@ -51,6 +63,27 @@ class Imported(NamedTuple):
     params: dict
     model_state: dict
     report: Report
+
+
+class ImportMismatchError(ValueError):
+    """The imported model does not compute what its source computes; ``.imported`` has it."""
+
+    def __init__(self, message: str, imported: Imported):
+        super().__init__(message)
+        self.imported = imported
+
+
+def _checked(imported: Imported, strict: bool) -> Imported:
+    """``imported``, after a failed report has raised (``strict``) or warned."""
+    if imported.report.passed:
+        return imported
+    message = (f"the import does not compute what its source computes: {imported.report}; "
+               "compare layer by layer (fnlearn.parity.compare) to find the step at fault, or "
+               "pass strict=False to get the model anyway with a warning")
+    if strict:
+        raise ImportMismatchError(message, imported)
+    warnings.warn(message, UserWarning, stacklevel=3)
+    return imported
 
 
 def _pair(value) -> tuple[int, int]:
@@ -105,10 +138,21 @@ def _torch_layer(op: Op) -> Layer | None:
     if op.kind == "normalize":
         return nn.Normalize(m.mean, m.std)
     if op.kind == "flatten":
-        return nn.Flatten()
+        return nn.Flatten(channels_first=not c.get("linear_follows", False))
     if op.kind in ("relu", "softmax", "log_softmax", "tanh", "sigmoid"):
         return nn.Activation(op.kind)
     return None  # identity
+
+
+def _mark_flattens(ops: list[Op]) -> list[Op]:
+    """Each flatten op told whether a Linear follows it (whose rows can absorb the order)."""
+    marked = []
+    for i, op in enumerate(ops):
+        if op.kind == "flatten":
+            after = next((o.kind for o in ops[i + 1:] if o.kind not in ELEMENTWISE_KINDS), None)
+            op = op._replace(config={**op.config, "linear_follows": after == "linear"})
+        marked.append(op)
+    return marked
 
 
 def _fold_padding(ops: list[Op], framework: str) -> list[Op]:
@@ -150,7 +194,7 @@ def _report(source: str, reference, model, params, state, x_other, x_fnlearn, rt
 
 
 def from_torch(module, input_shape: Sequence[int], *, batch_size: int = 8, seed: int = 0,
-               rtol: float = 1e-5) -> Imported:
+               rtol: float = 1e-5, strict: bool = True) -> Imported:
     """The fnlearn model, parameters and state computing what ``module`` computes.
 
     Args:
@@ -158,15 +202,18 @@ def from_torch(module, input_shape: Sequence[int], *, batch_size: int = 8, seed:
       input_shape: its per-example input shape, PyTorch's layout (``(1, 28, 28)``).
       batch_size, seed: the random batch the report runs both models on.
       rtol: the report's tolerance, relative to the largest output.
+      strict: raise when the report fails; False warns and returns the import anyway.
 
     Returns:
       ``Imported(model, params, model_state, report)``.
 
     Raises:
       ValueError: an unsupported operation or a branching graph (the node is named).
+      ImportMismatchError: the report failed (with ``strict``).
     """
     torch = import_torch()
-    ops = _fold_padding(torch_ops(module), "PyTorch")  # refuses before anything is built
+    # Refuses before anything is built.
+    ops = _mark_flattens(_fold_padding(torch_ops(module), "PyTorch"))
     layers = [layer for layer in map(_torch_layer, ops) if layer is not None]
     model = nn.serial(*layers)
     shape = _fnlearn_shape(input_shape)
@@ -178,8 +225,8 @@ def from_torch(module, input_shape: Sequence[int], *, batch_size: int = 8, seed:
         reference = to_numpy(module(torch.from_numpy(x)))
     module.train(was_training)
     x_nhwc = x.transpose(0, 2, 3, 1) if x.ndim == 4 else x
-    return Imported(model, params, state, _report(type(module).__name__, reference, model,
-                                                  params, state, x, x_nhwc, rtol))
+    return _checked(Imported(model, params, state, _report(
+        type(module).__name__, reference, model, params, state, x, x_nhwc, rtol)), strict)
 
 
 def _keras_layer(layer, pad=None) -> Layer | None:
@@ -227,15 +274,19 @@ def _keras_layer(layer, pad=None) -> Layer | None:
 
 
 def from_keras(keras_model, *, batch_size: int = 8, seed: int = 0,
-               rtol: float = 1e-5) -> Imported:
+               rtol: float = 1e-5, strict: bool = True) -> Imported:
     """The fnlearn model, parameters and state computing what ``keras_model`` computes.
 
     Args:
       keras_model: a built ``keras.Sequential`` or linear functional model.
       batch_size, seed, rtol: the report's random batch and tolerance.
+      strict: raise when the report fails; False warns and returns the import anyway.
 
     Returns:
       ``Imported(model, params, model_state, report)``.
+
+    Raises:
+      ImportMismatchError: the report failed (with ``strict``).
     """
     import_keras()
     # Refuses unsupported layers and branches before anything is built.
@@ -246,7 +297,7 @@ def from_keras(keras_model, *, batch_size: int = 8, seed: int = 0,
     params, state = variables_from_keras(keras_model, model=model, input_shape=shape)
     x = np.random.default_rng(seed).normal(size=(batch_size, *shape)).astype(np.float32)
     reference = to_numpy(keras_model(x, training=False))
-    return Imported(model, params, state, _report(keras_model.name, reference, model, params,
-                                                  state, x, x, rtol))
+    return _checked(Imported(model, params, state, _report(
+        keras_model.name, reference, model, params, state, x, x, rtol)), strict)
 
 

@@ -119,9 +119,15 @@ def _normalize_keras(keras, layer, shape):
 register("normalize", Entry(lambda layer: ("normalize",), _normalize_torch, _normalize_keras))
 register("linear", Entry(lambda layer: (), lambda layer, shape: [],
                          lambda keras, layer, shape: []))
+def _flatten_keras(keras, layer, shape):
+    if layer.config.get("channels_first") and len(shape) == 3:
+        raise ValueError("a Flatten in PyTorch's (C, H, W) order (Flatten(channels_first=True)) "
+                         "has no Keras twin: Keras flattens (H, W, C)")
+    return [keras.layers.Flatten()]
+
+
 register("flatten", Entry(lambda layer: ("flatten",),
-                          lambda layer, shape: [_torch().nn.Flatten()],
-                          lambda keras, layer, shape: [keras.layers.Flatten()]))
+                          lambda layer, shape: [_torch().nn.Flatten()], _flatten_keras))
 register("dropout", Entry(lambda layer: ("dropout",),
                           lambda layer, shape: [_torch().nn.Dropout(layer.config["rate"])],
                           lambda keras, layer, shape: [keras.layers.Dropout(

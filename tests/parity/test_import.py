@@ -239,21 +239,65 @@ def test_import_refuses_unsupported_operations(torch, keras):
         parity.from_keras(lstm)
 
 
-def test_the_report_catches_a_corrupted_weight(torch, torch_net, record):
+def corrupting(entry, which: str):
+    """``entry`` whose ``from_<which>`` converter adds 0.5 to one output's kernel column.
+
+    A whole column, not one weight: a single input feature can be zero (a dead ReLU) for
+    every example of the report's batch, and then no weight of its row shows.
+    """
+
+    def corrupted(*args, **kwargs):
+        params, state = getattr(entry, f"from_{which}")(*args, **kwargs)
+        kernel = np.array(params["kernel"])
+        kernel[:, 3] += 0.5  # as a wrong copy would leave it
+        return {**params, "kernel": kernel}, state
+
+    return entry._replace(**{f"from_{which}": corrupted})
+
+
+def test_the_report_catches_a_corrupted_weight(torch, torch_net, keras, monkeypatch, record):
     torch.manual_seed(0)
     net = torch_net()
-    imported = parity.from_torch(net, (1, 28, 28))
-    x = np.random.default_rng(0).normal(size=(8, 1, 28, 28)).astype(np.float32)
-    with torch.no_grad():
-        expected = net.eval()(torch.from_numpy(x))
-    params = jax.tree.map(lambda a: a, imported.params)
-    kernel = np.array(params["dense_7"]["kernel"])
-    kernel[100, 3] += 0.5  # one weight of fc1, as a wrong copy would leave it
-    params["dense_7"] = {**params["dense_7"], "kernel": jnp.asarray(kernel)}
-    ours = imported.model.apply(params, x.transpose(0, 2, 3, 1))
-    result = parity.compare("log-probabilities", ours, expected, rtol=RTOL)
-    record("corrupted fc1 weight", f"max abs error {result.max_abs_error:.1e}")
-    assert imported.report.passed and not result.passed and result.max_abs_error > 1e-3
+    assert parity.from_torch(net, (1, 28, 28)).report.passed
+    keras.utils.set_random_seed(0)
+    convnet = simple_mnist_convnet(keras)
+    assert parity.from_keras(convnet).report.passed
+    # Before: the import returned a report saying MISMATCH and nothing else happened.
+    monkeypatch.setitem(parity.REGISTRY, "dense",
+                        corrupting(parity.REGISTRY["dense"], "torch"))
+    with pytest.raises(parity.ImportMismatchError, match=r"the import does not compute what "
+                                                         r"its source computes: Net -> fnlearn, "
+                                                         r".*MISMATCH.*pass strict=False") as error:
+        parity.from_torch(net, (1, 28, 28))
+    record("corrupted fc1 column, torch", f"{error.value.imported.report.max_abs_error:.1e}")
+    assert error.value.imported.report.max_abs_error > 1e-3
+    with pytest.warns(UserWarning, match="MISMATCH"):
+        imported = parity.from_torch(net, (1, 28, 28), strict=False)
+    assert not imported.report.passed
+
+    monkeypatch.setitem(parity.REGISTRY, "dense",
+                        corrupting(parity.REGISTRY["dense"], "keras"))
+    with pytest.raises(parity.ImportMismatchError, match=r"MISMATCH"):
+        parity.from_keras(convnet)
+
+
+def test_a_flatten_without_a_linear_after_it_keeps_pytorch_order(torch, record):
+    torch.manual_seed(0)
+    nn_ = torch.nn
+    # Before: imported with a report saying MISMATCH (max abs 2.66): fnlearn flattened
+    # (H, W, C) and no Linear followed to absorb the order.
+    module = nn_.Sequential(nn_.Conv2d(5, 3, 3), nn_.Flatten())
+    imported = parity.from_torch(module, (5, 8, 8))
+    record("Conv2d + Flatten", str(imported.report))
+    assert imported.report.passed
+    assert imported.model.children[-1].config == {"channels_first": True}
+    then_softmax = parity.from_torch(nn_.Sequential(nn_.Conv2d(5, 3, 3), nn_.ReLU(),
+                                                    nn_.Flatten(), nn_.Softmax(-1)), (5, 8, 8))
+    assert then_softmax.report.passed
+    # A Linear after the Flatten still takes the order in its permuted rows.
+    linear = parity.from_torch(nn_.Sequential(nn_.Conv2d(5, 3, 3), nn_.Flatten(), nn_.ReLU(),
+                                              nn_.Linear(108, 4)), (5, 8, 8))
+    assert linear.report.passed and linear.model.children[1].config == {}
 
 
 def test_port_experiment_trains_in_torch_then_in_fnlearn(torch, tmp_path, capsys):
