@@ -237,6 +237,11 @@ def test_run_killed_at_a_random_point_resumes_bit_identically(tmp_path):
 
     log = _run_worker(str(killed_dir), str(killed_out), "--epochs", epochs, "--resume")
     assert f"resuming from {killed_dir / str(at_kill[-1])}" in log
+    # The resumed process trained only what was left: a resume that silently started
+    # over would run all 8 epochs (112 steps) here and could still end bit-identical.
+    steps_per_epoch = 448 // 32
+    assert (f"this process: epochs {at_kill[-1]}..{epochs}, steps "
+            f"{at_kill[-1] * steps_per_epoch}..{int(epochs) * steps_per_epoch}") in log, log
 
     full, resumed = np.load(tmp_path / "full.npz"), np.load(killed_out)
     assert sorted(full) == sorted(resumed)
