@@ -227,9 +227,8 @@ OPTIMIZERS: dict[str, Callable[[], optax.GradientTransformation]] = {
 }
 
 
-@functools.cache
 def get_optimizer(name: str) -> optax.GradientTransformation:
-    """The optimizer Keras builds for ``name`` (``"adam"``, ``"sgd"``, ``"rmsprop"``).
+    """The optimizer Keras builds for ``name`` (``"adam"``, ``"sgd"``, ``"rmsprop"``, any case).
 
     The same name gives the same object every time, so a second ``fit(...,
     optimizer="adam")`` reuses the first one's compiled programs.
@@ -238,4 +237,9 @@ def get_optimizer(name: str) -> optax.GradientTransformation:
     if key not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {name!r}; known names: {sorted(OPTIMIZERS)}, "
                          "or pass an Optax GradientTransformation")
-    return OPTIMIZERS[key]()
+    return _built(key)
+
+
+@functools.cache
+def _built(name: str) -> optax.GradientTransformation:
+    return OPTIMIZERS[name]()
