@@ -217,7 +217,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     (_, _), (images, _) = fl.data.load_mnist(source="sample")
     images = images[:256]
     expected = {"on": fl.predict(model, params, images, batch_size=32),
-                "off": np.concatenate([fl.predict(model, params, image[None])
+                "off": np.concatenate([fl.predict(model, params, image[None], batch_size=1)
                                        for image in images])}
     single_sizes = ",".join(str(2**k) for k in range(args.max_batch_size.bit_length())
                             if 2**k < args.max_batch_size) + f",{args.max_batch_size}"

@@ -32,22 +32,34 @@ ENV_NUM_PROCESSES = "FNLEARN_NUM_PROCESSES"
 ENV_PROCESS_ID = "FNLEARN_PROCESS_ID"
 
 
-def make_mesh(devices: Sequence[jax.Device] | None = None, axis_name: str = "data") -> Mesh:
-    """A one-axis mesh over ``devices`` for data parallelism.
+def make_mesh(devices: Sequence[jax.Device] | None = None, axis_name: str = "data", *,
+              shape: Sequence[int] | None = None,
+              axis_names: Sequence[str] | None = None) -> Mesh:
+    """A mesh over ``devices``: one data axis, or a grid such as ``("data", "model")``.
 
     Args:
       devices: the devices to train on; default all of them, on every host.
-      axis_name: the name of the mesh axis that the batch is split along.
+      axis_name: the name of the one axis that the batch is split along.
+      shape, axis_names: instead, a grid, e.g. ``shape=(4, 2), axis_names=("data",
+        "model")``: the first axis splits batches and data, the others are for
+        ``fit``'s ``param_sharding`` (tensor parallelism).
 
     Returns:
-      A ``jax.sharding.Mesh`` with one ``Auto`` axis: ``fit`` constrains the batch
-      with ``with_sharding_constraint`` and lets XLA propagate the rest, which
+      A ``jax.sharding.Mesh`` with ``Auto`` axes: ``fit`` constrains the batch and the
+      state with ``with_sharding_constraint`` and lets XLA propagate the rest, which
       ``Explicit`` axes (``jax.make_mesh``'s default) do not allow.
     """
     devices = list(jax.devices() if devices is None else devices)
     if not devices:
         raise ValueError("make_mesh needs at least one device")
-    return jax.make_mesh((len(devices),), (axis_name,), axis_types=(AxisType.Auto,),
+    shape = (len(devices),) if shape is None else tuple(int(s) for s in shape)
+    names = (axis_name,) if axis_names is None else tuple(axis_names)
+    if len(shape) != len(names):
+        raise ValueError(f"make_mesh: shape {shape} and axis_names {names} differ in length")
+    if int(np.prod(shape)) != len(devices):
+        raise ValueError(f"make_mesh: shape {shape} needs {int(np.prod(shape))} devices, "
+                         f"got {len(devices)}")
+    return jax.make_mesh(shape, names, axis_types=(AxisType.Auto,) * len(shape),
                          devices=devices)
 
 

@@ -37,7 +37,10 @@ import optax
 from fnlearn import cache, checks, optim
 from fnlearn.nn.core import Layer, as_key, init_with_state
 from fnlearn.objectives import Supervised, supervised
+from fnlearn.sharding import Layout
 from fnlearn.state import TrainState
+
+NO_LAYOUT = Layout()
 
 __all__ = ["Supervised", "apply_gradients", "epoch_batches", "init_state", "shuffle_key",
            "step_key", "supervised", "train_epoch", "train_step", "train_steps"]
@@ -169,19 +172,20 @@ def train_step(state: TrainState, x, y, *, model: Layer, loss: str | Callable | 
     return state, {**step.logs(sums), "nonfinite": nonfinite}
 
 
-def guarded(step, state: TrainState, batch, mask, active, sharding=None):
+def guarded(step, state: TrainState, batch, mask, active, layout: Layout = NO_LAYOUT):
     """One masked step of ``step``: ``(state, sums, nonfinite)``.
 
     Nothing changes when ``active`` is False, when the batch is all padding, or when
-    the step's loss is not finite (``nonfinite`` then says so). ``sharding`` (a
-    ``NamedSharding`` of the batch axis) constrains the batch for data parallelism.
+    the step's loss is not finite (``nonfinite`` then says so). ``layout``
+    (``fnlearn.sharding.Layout``) constrains the batch for data parallelism and keeps
+    the state's leaves where they were placed (sharded parameters).
     """
-    if sharding is not None:
-        batch = jax.tree.map(lambda a: jax.lax.with_sharding_constraint(a, sharding), batch)
+    batch = layout.constrain_batch(batch)
     mask = mask.astype(jnp.bool_)
 
     def run(state):
         new_state, sums, finite = step.train(state, batch, mask, step_key(state))
+        new_state = layout.constrain_state(new_state)
         keep = finite & active
         # A select, as optax.apply_if_finite does: the update is computed either way.
         state = jax.tree.map(lambda new, old: jnp.where(keep, new, old), new_state, state)
@@ -194,7 +198,7 @@ def guarded(step, state: TrainState, batch, mask, active, sharding=None):
     return jax.lax.cond(jnp.any(mask), run, skip, state)
 
 
-def train_steps(step, state: TrainState, batches, index, mask, *, sharding=None,
+def train_steps(step, state: TrainState, batches, index, mask, *, layout: Layout = NO_LAYOUT,
                 stopped=False, progress: Callable | None = None, progress_every: int = 0):
     """Runs the batches ``index`` (rows of example positions into ``batches``) in one scan.
 
@@ -209,8 +213,8 @@ def train_steps(step, state: TrainState, batches, index, mask, *, sharding=None,
     def body(carry, rows):
         state, sums, bad, row = carry
         idx, m = rows
-        batch = jax.tree.map(lambda a: a[idx], batches)
-        state, step_sums, nonfinite = guarded(step, state, batch, m, bad < 0, sharding)
+        batch = layout.gather(batches, idx)
+        state, step_sums, nonfinite = guarded(step, state, batch, m, bad < 0, layout)
         bad = jnp.where((bad < 0) & nonfinite, row, bad)
         sums = jax.tree.map(jnp.add, sums, step_sums)
         if progress is not None:
@@ -254,16 +258,17 @@ def train_epoch(state: TrainState, x, y, *, model: Layer, loss: str | Callable |
     """
     step = supervised(model, loss, optimizer, metrics, loss_weights)
     num_examples = jax.tree.leaves(x)[0].shape[0]
-    state, sums, bad = epoch(step, state, (x, y), num_examples, batch_size, shuffle, sharding,
-                             progress=progress, progress_every=progress_every)
+    state, sums, bad = epoch(step, state, (x, y), num_examples, batch_size, shuffle,
+                             Layout(batch=sharding), progress=progress,
+                             progress_every=progress_every)
     return state, {**step.logs(sums), **epoch_extras(state, bad)}
 
 
 def epoch(step, state: TrainState, batches, num_examples: int, batch_size: int,
-          shuffle: bool, sharding=None, stopped=False, **progress):
+          shuffle: bool, layout: Layout = NO_LAYOUT, stopped=False, **progress):
     """A whole epoch of ``step`` over ``batches``: ``(state, sums, nonfinite_row)``."""
     index, mask = epoch_batches(state, num_examples, batch_size, shuffle)
-    state, sums, bad = train_steps(step, state, batches, index, mask, sharding=sharding,
+    state, sums, bad = train_steps(step, state, batches, index, mask, layout=layout,
                                    stopped=stopped, **progress)
     return state._replace(epoch=state.epoch + (bad < 0)), sums, bad
 

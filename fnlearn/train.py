@@ -47,7 +47,7 @@ def fit(model: Layer | None, x, y=None, *, loss: str | Callable | dict | None = 
         validation_split: float = 0.0, seed: int = 0, verbose: int = 1,
         callbacks: Sequence[Callback] = (), resume: bool = False, initial_params=None,
         initial_model_state=None, state: TrainState | None = None, mesh=None,
-        progress_every: int = 50, step: Callable | None = None,
+        param_sharding=None, progress_every: int = 50, step: Callable | None = None,
         eval_step: Callable | None = None) -> tuple[TrainState, History]:
     """Trains ``model`` on ``(x, y)``, Keras style, with compiled epochs.
 
@@ -82,8 +82,12 @@ def fit(model: Layer | None, x, y=None, *, loss: str | Callable | dict | None = 
       initial_params: start from these parameters instead of initializing.
       initial_model_state: and from this model state (e.g. imported BatchNorm statistics).
       state: continue from this ``TrainState`` (its ``epoch`` counts toward ``epochs``).
-      mesh: a ``jax.sharding.Mesh`` whose first axis shards the batch (data parallel);
-        parameters and optimizer state are replicated.
+      mesh: a ``jax.sharding.Mesh`` whose first axis (the data axis) splits every batch
+        and the in-memory dataset; parameters and optimizer state are replicated unless
+        ``param_sharding`` splits them (or ``state`` comes sharded: its placement is kept).
+      param_sharding: a rule from parameter paths to ``PartitionSpec``s over ``mesh``
+        (``fnlearn.sharding``: ``fsdp()``, ``tensor_parallel()``, ``rules(...)``,
+        ``combine(...)``); optimizer state follows its parameters.
       progress_every: steps between progress-bar updates with ``verbose=1``.
       step: your own step ``step(state, batch, key) -> (state, metrics)`` instead of the
         built-in one (``fnlearn.objectives.Custom``); ``loss`` and ``metrics`` are then unused.
@@ -120,24 +124,24 @@ def fit(model: Layer | None, x, y=None, *, loss: str | Callable | dict | None = 
         n = checks.count_examples("x", x)
         example_x, example_y = x, y
     batch_size = checks.check_batch_size(batch_size, n)
+    placement = setup.Placement(mesh, param_sharding)
+    placement.check_batch(batch_size)
     state, history = setup.start(model, example_x, optimizer, checks.check_seed(seed), state,
-                                 (initial_params, initial_model_state), hooks, resume, epochs)
+                                 (initial_params, initial_model_state), hooks, resume, epochs,
+                                 placement)
     outputs = (checks.model_output(model, state.params, state.model_state, example_x)
                if step is None else None)
     train_step = setup.build_step(model, loss, optimizer, metrics, loss_weights, step,
                                   eval_step, outputs)
     setup.check_inputs(train_step, state, example_x, example_y)
     setup.warn_if_not_probabilities(train_step, state, example_x)
-    place, sharding = setup.placement(mesh)
-    setup.check_mesh(sharding, batch_size)
-    validation = _validation(validation_data, train_step, state, place, streamed,
+    validation = _validation(validation_data, train_step, state, placement, streamed,
                              stream if streamed else None)
-    state = jax.tree.map(place, state)
     if streamed:
-        feed = StreamFeed(train_step, stream, batch_size, shuffle, sharding, place, validation)
+        feed = StreamFeed(train_step, stream, batch_size, shuffle, placement, state, validation)
     else:
-        batches = jax.tree.map(place, (x, y))
-        feed = ArrayFeed(train_step, batches, n, batch_size, shuffle, sharding, validation)
+        feed = ArrayFeed(train_step, placement.data((x, y)), n, batch_size, shuffle,
+                         placement.layout(state), validation)
     zero_sums = feed.zero_sums(state)
     names = train_step.names() if isinstance(train_step, Supervised) else list(zero_sums)
     names += [f"val_{name}" for name in names] if validation is not None else []
@@ -149,7 +153,7 @@ def fit(model: Layer | None, x, y=None, *, loss: str | Callable | dict | None = 
     return hooks.train_end(state, history), history
 
 
-def _validation(validation_data, step, state, place, streamed: bool, stream):
+def _validation(validation_data, step, state, placement, streamed: bool, stream):
     """Validation data, checked and placed: device arrays, or a source to stream."""
     if validation_data is None:
         return None
@@ -160,7 +164,7 @@ def _validation(validation_data, step, state, place, streamed: bool, stream):
                                                                        validation_data[1])
         checks.check_xy(val_x, val_y, "validation x")
         setup.check_inputs(step, state, val_x, val_y, "validation x")
-        return validation_arrays((val_x, val_y), place)
+        return validation_arrays((val_x, val_y), placement.data, placement.devices)
     if not streamed:
         raise ValueError("validation_data must be a pair (x_val, y_val) of arrays")
     # The training source's keys serve a validation source whose items are dicts too.

@@ -112,3 +112,17 @@ def test_flax_linen_module_trains_with_fit_like_an_fnlearn_model():
                                fl.predict(twin, twin_params, x), rtol=1e-6, atol=1e-6)
     assert loss  # named losses resolve too:
     assert fl.evaluate(twin, twin_params, x, y, loss=logits_loss)["loss"] < 0.3
+
+
+def test_apply_takes_a_key_as_init_does_typed_raw_or_an_int():
+    import jax
+
+    from fnlearn import nn
+
+    model = nn.serial(nn.Dense(4), nn.Dropout(0.5))
+    params = nn.init(model, 0, (3,))
+    x = np.ones((2, 3), np.float32)
+    by_int, _ = nn.apply(model, params, x, key=7, train=True)
+    typed, _ = nn.apply(model, params, x, key=jax.random.key(7), train=True)
+    raw, _ = nn.apply(model, params, x, key=jax.random.PRNGKey(7), train=True)
+    assert np.array_equal(by_int, typed) and np.array_equal(by_int, raw)

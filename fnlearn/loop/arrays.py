@@ -30,12 +30,16 @@ class Validation:
     chunk: int
 
 
-def validation_arrays(batches, place, chunk: int = compiled.EVAL_BATCH_SIZE) -> Validation:
-    """``batches`` (host or device arrays) padded to their bucket and placed."""
+def validation_arrays(batches, place, devices: int = 1,
+                      chunk: int = compiled.EVAL_BATCH_SIZE) -> Validation:
+    """``batches`` padded to their bucket and placed (``place``: a tree of arrays to devices).
+
+    Chunks are a multiple of ``devices`` (the data axis), so each splits evenly.
+    """
     count = int(jax.tree.leaves(batches)[0].shape[0])
-    chunk = min(chunk, compiled.bucket(count, 8))
+    chunk = compiled.bucket(min(chunk, compiled.bucket(count, 8)), devices)
     padded = compiled.bucket(count, chunk)
-    return Validation(jax.tree.map(lambda a: place(pad_rows(a, padded)), batches), count, chunk)
+    return Validation(place(jax.tree.map(lambda a: pad_rows(a, padded), batches)), count, chunk)
 
 
 def pad_rows(array, rows: int):
@@ -48,13 +52,13 @@ def pad_rows(array, rows: int):
                                            array.dtype)])
 
 
-def validate(step, state, validation: Validation | None) -> dict[str, float]:
+def validate(step, state, validation: Validation | None, layout) -> dict[str, float]:
     """``val_``-prefixed logs over ``validation`` (host floats), or {}."""
     if validation is None:
         return {}
     zeros = compiled.evaluation_zeros(step, state, validation.batches)
     _, logs = compiled.evaluate(state, validation.batches, np.int32(validation.count), zeros,
-                                step=step, chunk=validation.chunk)
+                                step=step, chunk=validation.chunk, layout=layout)
     return {f"val_{name}": float(value) for name, value in jax.device_get(logs).items()}
 
 
@@ -62,9 +66,9 @@ class ArrayFeed:
     """Batches gathered on the device from the whole dataset (``fnlearn.loop.epochs.Feed``)."""
 
     def __init__(self, step, batches, num_examples: int, batch_size: int, shuffle: bool,
-                 sharding, validation: Validation | None):
+                 layout, validation: Validation | None):
         self.step, self.batches, self.num_examples = step, batches, num_examples
-        self.batch_size, self.shuffle, self.sharding = batch_size, shuffle, sharding
+        self.batch_size, self.shuffle, self.layout = batch_size, shuffle, layout
         self.validation = validation
         self.steps = -(-num_examples // batch_size)
         self.epochs_per_call = compiled.EPOCHS_PER_CALL
@@ -73,7 +77,7 @@ class ArrayFeed:
         return compiled.zero_sums(self.step, state, self.batches)
 
     def validate(self, state) -> dict[str, float]:
-        return validate(self.step, state, self.validation)
+        return validate(self.step, state, self.validation, self.layout)
 
     def calls(self, state, done: int, stops: set[int]):
         rows = per_call_rows(self.steps, stops)
@@ -81,7 +85,7 @@ class ArrayFeed:
         start = state._replace(step=np.int32(int(state.step) - done))
         index, mask = compiled.epoch_index(start, self.num_examples, self.batch_size,
                                            self.shuffle, rows)
-        static = dict(step=self.step, rows=rows, sharding=self.sharding)
+        static = dict(step=self.step, rows=rows, layout=self.layout)
         for begin in range(done, self.steps, rows):
             def dispatch(state, sums, stopped, begin=begin):
                 return compiled.train_rows(state, sums, stopped, self.batches, index, mask,
@@ -96,6 +100,6 @@ class ArrayFeed:
         state, stacked = compiled.train_epochs(
             state, self.batches, val.batches if val else None, np.int32(val.count if val else 0),
             np.int32(count), step=self.step, num_examples=self.num_examples,
-            batch_size=self.batch_size, shuffle=self.shuffle, sharding=self.sharding,
+            batch_size=self.batch_size, shuffle=self.shuffle, layout=self.layout,
             chunk=val.chunk if val else compiled.EVAL_BATCH_SIZE)
         return state, jax.device_get(stacked)

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 
 from fnlearn import step as step_lib
 from fnlearn.nn.core import apply
+from fnlearn.sharding import Layout
 from fnlearn.state import TrainState
 
 # Epochs one compiled call can run when the host has nothing to do between them;
@@ -40,7 +41,8 @@ def bucket(num_examples: int, chunk: int) -> int:
     return max(1, math.ceil(num_examples / chunk)) * chunk
 
 
-def evaluation_sums(step, state: TrainState, batches, num_examples, chunk: int):
+def evaluation_sums(step, state: TrainState, batches, num_examples, chunk: int,
+                    layout: Layout = step_lib.NO_LAYOUT):
     """The step's summed logs over the first ``num_examples`` (a runtime value) rows."""
     padded = jax.tree.leaves(batches)[0].shape[0]
     index = jnp.arange(padded).reshape(padded // chunk, chunk)
@@ -51,20 +53,20 @@ def evaluation_sums(step, state: TrainState, batches, num_examples, chunk: int):
 
     def body(totals, rows):
         idx, m = rows
-        sums = step.evaluate(state, jax.tree.map(lambda a: a[idx], batches), m)
+        sums = step.evaluate(state, layout.constrain_batch(layout.gather(batches, idx)), m)
         return jax.tree.map(jnp.add, totals, sums), None
 
     return jax.lax.scan(body, zero, (index, mask))[0]
 
 
-@partial(jax.jit, static_argnames=("step", "chunk"))
-def evaluate(state, batches, num_examples, totals, *, step, chunk):
+@partial(jax.jit, static_argnames=("step", "chunk", "layout"))
+def evaluate(state, batches, num_examples, totals, *, step, chunk, layout=step_lib.NO_LAYOUT):
     """Adds ``step``'s sums over ``batches`` (a multiple of ``chunk`` rows) to ``totals``.
 
     Returns ``(totals, logs)``: the new totals and the logs they make. Only the first
     ``num_examples`` rows (a runtime value) count.
     """
-    sums = evaluation_sums(step, state, batches, num_examples, chunk)
+    sums = evaluation_sums(step, state, batches, num_examples, chunk, layout)
     totals = jax.tree.map(jnp.add, totals, sums)
     return totals, step.logs(totals)
 
@@ -90,13 +92,13 @@ def predict(params, model_state, x, *, model, chunk):
 
 
 def _train_epochs(state, batches, validation, val_count, num_epochs, *, step, num_examples,
-                  batch_size, shuffle, sharding, chunk):
+                  batch_size, shuffle, layout, chunk):
     def one_epoch(state, stopped=False):
         state, sums, bad = step_lib.epoch(step, state, batches, num_examples, batch_size,
-                                          shuffle, sharding, stopped)
+                                          shuffle, layout, stopped)
         logs = step.logs(sums)
         if validation is not None:
-            val = step.logs(evaluation_sums(step, state, validation, val_count, chunk))
+            val = step.logs(evaluation_sums(step, state, validation, val_count, chunk, layout))
             logs.update({f"val_{name}": value for name, value in val.items()})
         return state, {**logs, **step_lib.epoch_extras(state, bad)}
 
@@ -118,7 +120,7 @@ def _train_epochs(state, batches, validation, val_count, num_epochs, *, step, nu
 # ``(state, logs)`` with each logged value stacked by epoch. ``validation`` (padded to a
 # multiple of ``chunk``, ``val_count`` real rows) is evaluated after each epoch.
 train_epochs = jax.jit(_train_epochs, donate_argnums=0, static_argnames=(
-    "step", "num_examples", "batch_size", "shuffle", "sharding", "chunk"))
+    "step", "num_examples", "batch_size", "shuffle", "layout", "chunk"))
 
 
 @partial(jax.jit, static_argnums=(1, 2, 3, 4))
@@ -129,9 +131,9 @@ def epoch_index(state, num_examples, batch_size, shuffle, rows):
     return jnp.pad(index, pad), jnp.pad(mask, pad)
 
 
-@partial(jax.jit, donate_argnums=(0, 1, 2), static_argnames=("step", "rows", "sharding"))
+@partial(jax.jit, donate_argnums=(0, 1, 2), static_argnames=("step", "rows", "layout"))
 def train_rows(state, sums, stopped, batches, index, mask, begin, last, *, step, rows,
-               sharding):
+               layout):
     """Runs the ``rows`` batches ``index[begin:begin + rows]``, adding to the epoch's ``sums``.
 
     Nothing is updated once ``stopped`` (a non-finite loss earlier in the epoch). With
@@ -143,8 +145,8 @@ def train_rows(state, sums, stopped, batches, index, mask, begin, last, *, step,
     """
     index = jax.lax.dynamic_slice_in_dim(index, begin, rows)
     mask = jax.lax.dynamic_slice_in_dim(mask, begin, rows)
-    state, more, bad = step_lib.train_steps(step, state, batches, index, mask,
-                                            sharding=sharding, stopped=stopped)
+    state, more, bad = step_lib.train_steps(step, state, batches, index, mask, layout=layout,
+                                            stopped=stopped)
     stopped = stopped | (bad >= 0)
     state = state._replace(epoch=state.epoch + (last & ~stopped))
     sums = jax.tree.map(jnp.add, sums, more)

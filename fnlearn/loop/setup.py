@@ -11,8 +11,10 @@ from functools import partial
 
 import jax
 import numpy as np
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 from fnlearn import checks
+from fnlearn import sharding as sharding_lib
 from fnlearn.loop.hooks import Hooks
 from fnlearn.objectives import Custom, Supervised, supervised
 from fnlearn.state import History, TrainState
@@ -37,28 +39,66 @@ def split_validation(x, y, validation_data, validation_split: float):
     return x, y, validation_data
 
 
-def placement(mesh):
-    """``(place, batch_sharding)``: puts arrays on the device (replicated over ``mesh``)."""
-    if mesh is None:
-        return jax.device_put, None
-    from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+class Placement:
+    """Where a run's arrays live: the data split over the mesh's first (data) axis, the
+    parameters by ``param_sharding``'s rule, everything else replicated; or one device."""
 
-    # The step constrains the batch and leaves the rest to XLA's sharding
-    # propagation, which needs Auto axes; jax.make_mesh defaults to Explicit ones.
-    mesh = Mesh(mesh.devices, mesh.axis_names, axis_types=(AxisType.Auto,) * mesh.devices.ndim)
-    replicated = NamedSharding(mesh, PartitionSpec())
-    return partial(jax.device_put, device=replicated), NamedSharding(
-        mesh, PartitionSpec(mesh.axis_names[0]))
+    def __init__(self, mesh, param_sharding=None):
+        if mesh is None:
+            if param_sharding is not None:
+                raise ValueError("param_sharding needs mesh= (a jax.sharding.Mesh whose axes "
+                                 "its rules name)")
+            self.mesh = self.batch = None
+            self.rule, self.devices = None, 1
+            return
+        # The step constrains the batch and the state and leaves the rest to XLA's
+        # sharding propagation, which needs Auto axes (jax.make_mesh makes Explicit ones).
+        self.mesh = Mesh(mesh.devices, mesh.axis_names,
+                         axis_types=(AxisType.Auto,) * mesh.devices.ndim)
+        self.axis = self.mesh.axis_names[0]
+        self.devices = self.mesh.shape[self.axis]
+        self.batch = NamedSharding(self.mesh, PartitionSpec(self.axis))
+        self.rule = param_sharding
+        # One process holds all the data; a multi-host run's global arrays stay whole.
+        self.split = jax.process_count() == 1 and self.devices > 1
+
+    def replicate(self, array):
+        if self.mesh is None:
+            return jax.device_put(array)
+        return jax.device_put(array, NamedSharding(self.mesh, PartitionSpec()))
+
+    def data(self, tree):
+        """Training or validation data: rows split over the data axis (one process)."""
+        if self.mesh is None or not self.split:
+            return jax.tree.map(self.replicate, tree)
+        return jax.tree.map(lambda a: sharding_lib.split_rows(a, self.mesh, self.axis), tree)
+
+    def state(self, state: TrainState) -> TrainState:
+        if self.mesh is None:
+            return jax.tree.map(jax.device_put, state)
+        if self.rule is None and _already_sharded(state):
+            return state  # the caller placed it: keep its shardings
+        return sharding_lib.place_state(state, self.mesh, self.rule)
+
+    def layout(self, state: TrainState, split_data: bool = True) -> sharding_lib.Layout:
+        if self.mesh is None:
+            return sharding_lib.Layout()
+        take = sharding_lib.ShardedTake(self.mesh, self.axis) if (
+            self.split and split_data) else None
+        keep = (sharding_lib.StateSharding.of(state)
+                if self.rule is not None or _already_sharded(state) else None)
+        return sharding_lib.Layout(self.batch, take, keep)
+
+    def check_batch(self, batch_size: int) -> None:
+        if self.mesh is not None and batch_size % self.devices:
+            raise ValueError(f"batch_size {batch_size} is not divisible by the {self.devices} "
+                             f"devices of mesh axis {self.axis!r}; the global batch must split "
+                             "evenly")
 
 
-def check_mesh(sharding, batch_size: int) -> None:
-    if sharding is None:
-        return
-    axis = sharding.spec[0]
-    devices = sharding.mesh.shape[axis]
-    if batch_size % devices:
-        raise ValueError(f"batch_size {batch_size} is not divisible by the {devices} devices of "
-                         f"mesh axis {axis!r}; the global batch must split evenly")
+def _already_sharded(state) -> bool:
+    return any(isinstance(getattr(leaf, "sharding", None), NamedSharding)
+               and not leaf.sharding.is_fully_replicated for leaf in jax.tree.leaves(state))
 
 
 def build_step(model, loss, optimizer, metrics, loss_weights, step, eval_step, outputs):
@@ -77,8 +117,12 @@ def build_step(model, loss, optimizer, metrics, loss_weights, step, eval_step, o
 
 
 def start(model, example, optimizer, seed, state, initial, hooks: Hooks, resume: bool,
-          epochs: int) -> tuple[TrainState, History]:
-    """The state to start from: given, restored by a callback, or fresh; and the history."""
+          epochs: int, placement: Placement) -> tuple[TrainState, History]:
+    """The state to start from: given, restored by a callback, or fresh; and the history.
+
+    The state is placed before the callbacks see it, so a restored run comes back with
+    the same shardings.
+    """
     initial_params, initial_model_state = initial
     if model is not None:
         checks.check_model(model)
@@ -103,7 +147,7 @@ def start(model, example, optimizer, seed, state, initial, hooks: Hooks, resume:
         # caller's own arrays intact.
         state = jax.tree.map(lambda a: a.copy() if isinstance(a, jax.Array | np.ndarray) else a,
                              state)
-    state, history = hooks.train_begin(state, History(), resume)
+    state, history = hooks.train_begin(placement.state(state), History(), resume)
     if int(state.epoch) >= epochs > 0 or (epochs == 0 and int(state.epoch) > 0):
         at = int(state.epoch)
         warnings.warn(f"the run is already at epoch {at} and epochs={epochs} is the epoch to "

@@ -61,20 +61,20 @@ def probe(source, n: int):
     return checks.as_host_array("source inputs", x), checks.as_host_array("source labels", y)
 
 
-def validate_source(step, state, val, place) -> dict[str, float]:
+def validate_source(step, state, val, place, layout, devices: int) -> dict[str, float]:
     """``val_`` logs over a source, read in chunks of ``EVAL_BATCH_SIZE``, summed on the device."""
     n, chunk = len(val), compiled.EVAL_BATCH_SIZE
     totals = logs = None
     for begin in range(0, n, chunk):
         positions = np.arange(begin, min(n, begin + chunk))
         x, y = sources.read_examples(val, positions)
-        size = compiled.bucket(len(positions), 8)
+        size = compiled.bucket(len(positions), 8 * devices)
         batches = tuple(place(np.concatenate([a, np.zeros((size - len(a), *a.shape[1:]),
                                                           a.dtype)])) for a in (x, y))
         if totals is None:
             totals = compiled.evaluation_zeros(step, state, batches)
         totals, logs = compiled.evaluate(state, batches, np.int32(len(positions)), totals,
-                                         step=step, chunk=size)
+                                         step=step, chunk=size, layout=layout)
     return {f"val_{name}": float(value) for name, value in jax.device_get(logs).items()}
 
 
@@ -83,17 +83,19 @@ class StreamFeed:
 
     epochs_per_call = 0
 
-    def __init__(self, step, stream: sources.Stream, batch_size: int, shuffle: bool, sharding,
-                 place, validation):
+    def __init__(self, step, stream: sources.Stream, batch_size: int, shuffle: bool, placement,
+                 state, validation):
         self.step, self.stream, self.source = step, stream, stream.source
         self.num_examples = len(stream.source)
-        self.batch_size, self.shuffle, self.sharding = batch_size, shuffle, sharding
-        self.place, self.validation = place, validation
+        self.batch_size, self.shuffle, self.placement = batch_size, shuffle, placement
+        self.validation = validation
+        # Blocks arrive split by the batch axis: a call takes their rows as they are.
+        self.layout = placement.layout(state, split_data=False)
         self.steps = -(-self.num_examples // batch_size)
         self.rows = min(stream.steps_per_call, self.steps)
-        self.place_block, block = block_placement(sharding)
+        self.place_block, block = block_placement(placement.batch)
         self.columns = process_columns(block, batch_size, self.rows)
-        self.rows_index = place(np.arange(self.rows, dtype=np.int32))
+        self.rows_index = placement.replicate(np.arange(self.rows, dtype=np.int32))
 
     def _example_block(self):
         x, y = probe(self.source, 1)
@@ -109,15 +111,16 @@ class StreamFeed:
         if self.validation is None:
             return {}
         if isinstance(self.validation, Validation):
-            return validate(self.step, state, self.validation)
-        return validate_source(self.step, state, self.validation, self.place)
+            return validate(self.step, state, self.validation, self.placement.layout(state))
+        return validate_source(self.step, state, self.validation, self.placement.replicate,
+                               self.layout, self.placement.devices)
 
     def calls(self, state, done: int, stops: set[int]):
         start = state._replace(step=np.int32(int(state.step) - done))
         index, mask = jax.device_get(compiled.epoch_index(
             start, self.num_examples, self.batch_size, self.shuffle, self.steps))
         plan = sources.chunks(self.steps, done, self.rows, stops)
-        static = dict(step=self.step, rows=self.rows, sharding=self.sharding)
+        static = dict(step=self.step, rows=self.rows, layout=self.layout)
         for begin, end, (x, y, m) in sources.blocks(
                 self.source, np.asarray(index), np.asarray(mask), plan, self.rows, self.columns,
                 self.place_block, self.stream.workers, self.stream.prefetch):

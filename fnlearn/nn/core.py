@@ -119,11 +119,12 @@ def apply(model: Layer, params: Params, x: jax.Array, *, state: ModelState | Non
       params: its parameters.
       x: a batch of inputs.
       state: the model state (from ``init_with_state``); ``{}`` or None if it has none.
-      key: PRNG key for dropout when ``train``.
+      key: PRNG key for dropout when ``train``: a key (typed or raw) or an int seed.
       train: training mode (dropout on, batch statistics used and updated).
       mask: ``(batch,)`` weights of the real rows of a padded batch.
     """
     state = {} if state is None else state
+    key = None if key is None else as_key(key)
     if model.stateful:
         return model.apply(params, x, state=state, key=key, train=train, mask=mask)
     return model.apply(params, x, key=key, train=train), state

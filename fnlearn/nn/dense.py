@@ -187,7 +187,8 @@ def Dropout(rate: float) -> Layer:
             return x
         if key is None:
             raise ValueError("Dropout with train=True needs a PRNG key: apply(..., key=key)")
-        keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+        # A float32 probability draws float32 uniforms, the same bits with jax_enable_x64 on.
+        keep = jax.random.bernoulli(key, jnp.float32(1.0 - rate), x.shape)
         return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
 
     return Layer(init_fn, apply_fn, "dropout", {"rate": rate})
