@@ -12,7 +12,11 @@ Other processes may share the cores, so the contenders alternate within every
 repetition and the table gives medians; ratios are taken repetition by
 repetition before the median.
 
-    python experiments/conv_bench.py [--reps 7] [--calls 5] [--only ops|steps]
+    python experiments/conv_bench.py [--reps 7] [--calls 5] [--only ops|steps|precision]
+
+``--only precision`` prints, instead of times, the bfloat16 error of each CPU path
+(output, input gradient, kernel gradient) against float32 on the same values,
+next to ``lax`` in bfloat16 with float32 accumulation.
 """
 
 from __future__ import annotations
@@ -210,12 +214,61 @@ def row(label: str, times: dict[str, list], unit: str, batch: int = 0) -> str:
     return f"| {label} | " + " | ".join(cells) + " |"
 
 
+# name: (batch, height, width, in, out, kernel, strides, padding, dilation, groups)
+PRECISION_CASES = {
+    "tapwise (3 channels)": (3, 10, 9, 3, 8, 3, (2, 1), "same", (1, 1), 1),
+    "im2col (16 channels)": (2, 9, 8, 16, 8, 3, (1, 2), ((1, 2), (0, 1)), (2, 1), 1),
+    "depthwise (6 groups)": (2, 9, 8, 6, 12, 3, (1, 1), "same", (1, 2), 6),
+    "grouped im2col (2 groups)": (2, 9, 8, 8, 6, 3, (2, 2), "valid", (1, 1), 2),
+}
+
+
+def precision_row(n, h, w, c, o, k, strides, padding, dilation, groups) -> list[str]:
+    """bfloat16 errors (largest difference / largest value) against float32, ours and lax's."""
+    options = dict(strides=strides, padding=padding, dilation=dilation, groups=groups)
+    keys = jax.random.split(jax.random.key(0), 3)
+    x = jax.random.normal(keys[0], (n, h, w, c)).astype(jnp.bfloat16)
+    kernel = (jax.random.normal(keys[1], (k, k, c // groups, o)) * 0.3).astype(jnp.bfloat16)
+
+    def with_grads(conv, x, kernel, g):
+        y, vjp = jax.vjp(conv, x, kernel)
+        return (y, *vjp(g.astype(y.dtype)))
+
+    def wide(x, kernel):
+        return cpu_conv.conv2d_lax(x, kernel, **options)
+
+    def lax_bf16(x, kernel):  # lax's products in bfloat16, float32 sums, rounded once
+        y = cpu_conv.conv2d_lax(x, kernel, preferred_element_type=jnp.float32, **options)
+        return y.astype(x.dtype)
+
+    def ours(x, kernel):
+        return cpu_conv.conv2d(x, kernel, **options)
+
+    x32, kernel32 = x.astype(jnp.float32), kernel.astype(jnp.float32)
+    g = jax.random.normal(keys[2], wide(x32, kernel32).shape).astype(jnp.bfloat16)
+    want = with_grads(wide, x32, kernel32, g)
+    cells = []
+    for got in (jax.jit(lambda x, k, g: with_grads(ours, x, k, g))(x, kernel, g),
+                with_grads(lax_bf16, x, kernel, g)):
+        errors = [float(jnp.max(jnp.abs(a.astype(jnp.float32) - b)) / jnp.max(jnp.abs(b)))
+                  for a, b in zip(got, want)]
+        cells.append(" / ".join(f"{100 * e:.2f}%" for e in errors))
+    return cells
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--reps", type=int, default=7, help="alternating repetitions")
     parser.add_argument("--calls", type=int, default=5, help="calls timed per repetition")
-    parser.add_argument("--only", choices=["ops", "steps"], help="run one table only")
+    parser.add_argument("--only", choices=["ops", "steps", "precision"],
+                        help="run one table only")
     args = parser.parse_args(argv)
+    if args.only == "precision":
+        print("| bfloat16 path | fnlearn: output / dx / dkernel error | "
+              "lax, float32 sums: output / dx / dkernel |\n| --- | --- | --- |")
+        for name, case in PRECISION_CASES.items():
+            print(f"| {name} | " + " | ".join(precision_row(*case)) + " |", flush=True)
+        return
     names = ["fnlearn", "lax"] + (["torch"] if torch is not None else [])
     if torch is not None:
         torch.set_num_threads(2)
