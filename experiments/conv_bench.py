@@ -38,8 +38,17 @@ try:
 except ImportError:
     torch = None
 
-LAX = {"conv": cpu_conv.conv2d_lax, "pool": cpu_pool.max_pool2d_lax}
-FAST = {"conv": cpu_conv.conv2d, "pool": cpu_pool.max_pool2d}
+def lax_conv_relu(x, kernel, bias):
+    return jax.nn.relu(cpu_conv.conv2d_lax(x, kernel) + bias)
+
+
+def fast_conv_relu(x, kernel, bias):
+    return cpu_conv.conv2d(x, kernel, bias=bias, activation="relu")
+
+
+# "conv_relu" is what the models' layers run: Conv2D(..., activation="relu") with its bias.
+LAX = {"conv": cpu_conv.conv2d_lax, "pool": cpu_pool.max_pool2d_lax, "conv_relu": lax_conv_relu}
+FAST = {"conv": cpu_conv.conv2d, "pool": cpu_pool.max_pool2d, "conv_relu": fast_conv_relu}
 # (name, batch, input NHWC, kernel HWIO): the convs of both models.
 CONVS = [
     ("keras conv1", 128, (28, 28, 1), (3, 3, 1, 32)),
@@ -130,8 +139,8 @@ def keras_convnet(ops):
                 "d": (jax.random.normal(keys[2], (1600, 10)) * 0.03, jnp.zeros(10))}
 
     def loss(params, key, x, y):
-        h = ops["pool"](jax.nn.relu(ops["conv"](x, params["c1"][0]) + params["c1"][1]))
-        h = ops["pool"](jax.nn.relu(ops["conv"](h, params["c2"][0]) + params["c2"][1]))
+        h = ops["pool"](ops["conv_relu"](x, *params["c1"]))
+        h = ops["pool"](ops["conv_relu"](h, *params["c2"]))
         h = dropout(key, h.reshape(h.shape[0], -1), 0.5)
         logits = h @ params["d"][0] + params["d"][1]
         return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
@@ -150,8 +159,8 @@ def torch_net(ops):
 
     def loss(params, key, x, y):
         k1, k2 = jax.random.split(key)
-        h = jax.nn.relu(ops["conv"](x, params["c1"][0]) + params["c1"][1])
-        h = jax.nn.relu(ops["conv"](h, params["c2"][0]) + params["c2"][1])
+        h = ops["conv_relu"](x, *params["c1"])
+        h = ops["conv_relu"](h, *params["c2"])
         h = dropout(k1, ops["pool"](h).reshape(x.shape[0], -1), 0.25)
         h = dropout(k2, jax.nn.relu(h @ params["f1"][0] + params["f1"][1]), 0.5)
         logits = jax.nn.log_softmax(h @ params["f2"][0] + params["f2"][1])

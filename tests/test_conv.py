@@ -76,6 +76,27 @@ def test_conv_config_records_explicit_padding_for_converters():
     assert nn.Conv2D(8, 3).config["kernel_size"] == (3, 3)
 
 
+@pytest.mark.parametrize("activation", ["relu", "tanh", None])
+def test_conv2d_activation_and_bias_match_lax_with_gradients(activation):
+    layer = nn.Conv2D(6, 3, padding="same", activation=activation, init="torch")
+    _, params = layer.init(jax.random.key(0), (9, 8, 5))
+    x = jax.random.normal(jax.random.key(1), (3, 9, 8, 5))
+    act = {"relu": jax.nn.relu, "tanh": jnp.tanh, None: lambda y: y}[activation]
+
+    def reference(params, x):
+        y = jax.lax.conv_general_dilated(x, params["kernel"], (1, 1), "SAME",
+                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        return act(y + params["bias"])
+
+    def loss(apply, params, x):
+        return jnp.sum(jnp.sin(apply(params, x)))
+
+    got = jax.value_and_grad(loss, argnums=(1, 2))(jax.jit(layer.apply), params, x)
+    want = jax.value_and_grad(loss, argnums=(1, 2))(reference, params, x)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("channels, filters, groups", [(8, 6, 2), (6, 12, 6)])
 def test_grouped_conv2d_matches_lax_feature_group_count(channels, filters, groups):
     layer = nn.Conv2D(filters, 3, padding="same", groups=groups, init="torch")

@@ -119,6 +119,42 @@ def test_grouped_conv2d_matches_lax_feature_group_count(shape, groups, padding, 
     assert "stablehlo.convolution" not in text
 
 
+def assert_same_conv_bias_relu(x, kernel, bias, **options):
+    """``conv2d(..., bias, activation="relu")`` against ``relu(conv2d_lax + bias)``, with grads."""
+    def reference(x, k, b):
+        return jax.nn.relu(cpu_conv.conv2d_lax(x, k, **options) + b)
+
+    ref, ref_vjp = jax.vjp(reference, x, kernel, bias)
+    cotangent = random(9, ref.shape)
+
+    @jax.jit
+    def ours(x, kernel, bias, cotangent):
+        y, vjp = jax.vjp(lambda x, k, b: cpu_conv.conv2d(
+            x, k, bias=b, activation="relu", **options), x, kernel, bias)
+        return y, *vjp(cotangent)
+
+    got = ours(x, kernel, bias, cotangent)
+    assert got[0].shape == ref.shape
+    assert 0.2 < float(jnp.mean(ref > 0)) < 0.8  # the ReLU cuts a good share of outputs
+    for value, want in zip(got, (ref, *ref_vjp(cotangent))):
+        assert_close(value, want)
+
+
+@pytest.mark.parametrize("channels, groups", [(2, 1), (5, 1), (8, 2), (6, 6)])
+def test_bias_and_relu_inside_the_convolution_match_lax(channels, groups):
+    # Tapwise, im2col, grouped im2col and depthwise, with stride, padding and dilation.
+    x, kernel = random(0, (7, 9, 8, channels)), random(1, (3, 3, channels // groups, 6))
+    assert_same_conv_bias_relu(x, kernel, random(2, (6,)), strides=(1, 2), padding="same",
+                               dilation=(2, 1), groups=groups)
+
+
+def test_bias_and_relu_in_chunks_with_a_leftover(monkeypatch):
+    x, kernel = random(0, (7, 8, 8, 5)), random(1, (3, 3, 5, 4))
+    monkeypatch.setattr(cpu_conv, "CHUNK_BYTES", 3 * 4 * 8 * 8 * 3 * 3 * 5)
+    assert cpu_conv._chunk(x, kernel, cpu_conv.geometry((8, 8), (3, 3), 1, "same")) == 3
+    assert_same_conv_bias_relu(x, kernel, random(2, (4,)), padding="same")
+
+
 def test_conv2d_in_chunks_with_leftover_images(monkeypatch):
     x, kernel = random(0, (7, 6, 6, 3)), random(1, (3, 3, 3, 4))
     patch_bytes = 4 * 4 * 3 * 3 * 3 * 4  # one image's patches: 16 positions x 27 values
@@ -186,6 +222,8 @@ def test_conv2d_exports_both_branches_for_several_platforms():
         ((1, 8, 8, 4), (3, 3, 2, 4), {"groups": 0}, "groups must be"),
         ((1, 8, 8, 6), (3, 3, 2, 4), {"groups": 2}, "input channels 2 x groups 2"),
         ((1, 8, 8, 4), (3, 3, 2, 3), {"groups": 2}, "not a multiple of groups"),
+        ((1, 8, 8, 3), (3, 3, 3, 4), {"bias": jnp.zeros(3)}, r"bias must have shape \(4,\)"),
+        ((1, 8, 8, 3), (3, 3, 3, 4), {"activation": "tanh"}, "activation must be"),
     ],
 )
 def test_conv2d_rejects_bad_arguments(x_shape, kernel_shape, options, message):

@@ -56,8 +56,9 @@ PATHS = {
 }
 
 
-@pytest.mark.parametrize("path", list(PATHS))
-@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+# Every path in bfloat16; float16 (unit roundoff 2**-11) on the two ungrouped ones.
+@pytest.mark.parametrize("path, dtype", [(path, jnp.bfloat16) for path in PATHS]
+                         + [("tapwise", jnp.float16), ("im2col", jnp.float16)])
 def test_conv_sums_16_bit_inputs_in_float32(path, dtype):
     n, h, w, c, o, k, strides, padding, dilation, groups = PATHS[path]
     x, kernel = random(0, (n, h, w, c), dtype), random(1, (k, k, c // groups, o), dtype) * 0.3
@@ -156,3 +157,22 @@ def test_the_layers_average_pool_with_padding_sums_bfloat16_in_float32():
     want = conv._avg_pool(x.astype(jnp.float32), (3, 3), (2, 2), ((1, 1), (1, 1)))
     assert y.dtype == jnp.bfloat16
     assert max_error(y, want) <= 2.0**-8
+
+
+@pytest.mark.parametrize("channels", [3, 16])
+def test_bias_and_relu_inside_the_convolution_sum_bfloat16_in_float32(channels):
+    x, kernel = random(0, (4, 9, 8, channels)), random(1, (3, 3, channels, 8)) * 0.3
+    bias = random(2, (8,)) * 0.3
+    cotangent = random(3, (4, 9, 8, 8))
+
+    def with_grads(fn, *args):
+        y, vjp = jax.vjp(fn, *args)
+        return (y, *vjp(cotangent.astype(y.dtype)))
+
+    ours = jax.jit(lambda *a: with_grads(lambda x, k, b: cpu_conv.conv2d(
+        x, k, padding="same", bias=b, activation="relu"), *a))(x, kernel, bias)
+    wide = with_grads(lambda x, k, b: jax.nn.relu(cpu_conv.conv2d_lax(x, k, padding="same") + b),
+                      *(a.astype(jnp.float32) for a in (x, kernel, bias)))
+    for name, got, want in zip(("output", "dx", "dkernel", "dbias"), ours, wide):
+        assert got.dtype == jnp.bfloat16, name
+        assert max_error(got, want) <= 2.0**-8, name

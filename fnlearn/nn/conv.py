@@ -30,13 +30,15 @@ _DIMENSIONS = ("NHWC", "HWIO", "NHWC")
 
 
 def _conv2d(x: jax.Array, kernel: jax.Array, strides: Pair, padding: Padding,
-            dilation: Pair, groups: int = 1) -> jax.Array:
-    """Cross-correlation of NHWC ``x`` with an HWIO ``kernel``, explicit padding pairs.
+            dilation: Pair, groups: int = 1, bias: jax.Array | None = None,
+            activation: str | None = None) -> jax.Array:
+    """``activation(conv(x, kernel) + bias)`` of NHWC ``x``, an HWIO ``kernel``, explicit pairs.
 
-    Matrix products on CPU (``cpu_conv``), ``lax.conv_general_dilated`` elsewhere.
+    Matrix products on CPU (``cpu_conv``, which applies the bias and a ReLU to each
+    chunk of output while it is in cache), ``lax.conv_general_dilated`` elsewhere.
     """
     return cpu_conv.conv2d(x, kernel, strides=strides, padding=padding, dilation=dilation,
-                           groups=groups)
+                           groups=groups, bias=bias, activation=activation)
 
 
 def _max_pool(x: jax.Array, window: Pair, strides: Pair, padding: Padding) -> jax.Array:
@@ -218,13 +220,15 @@ def Conv2D(filters: int, kernel_size: int | Pair, strides: int | Pair = 1,
             params["bias"] = bias
         return (h, w, filters), params
 
+    # ReLU (and no activation) go into the convolution's own loops; others follow it.
+    fused = activation if activation in ("relu", "linear") else None
+
     def apply_fn(params, x, *, key=None, train=False):
         pads = explicit_padding(pad, x.shape[1:3], window, stride, dilate)
-        y = _conv2d(x.astype(params["kernel"].dtype), params["kernel"], stride, pads, dilate,
-                    groups)
-        if use_bias:
-            y = y + params["bias"]
-        return act(y)
+        kernel = params["kernel"]
+        y = _conv2d(x.astype(kernel.dtype), kernel, stride, pads, dilate, groups,
+                    params["bias"] if use_bias else None, fused)
+        return y if activation in (None, "linear", "relu") else act(y)
 
     return Layer(init_fn, apply_fn, "conv2d", config)
 
