@@ -12,16 +12,27 @@ Other processes may share the cores, so the contenders alternate within every
 repetition and the table gives medians; ratios are taken repetition by
 repetition before the median.
 
-    python experiments/conv_bench.py [--reps 7] [--calls 5] [--only ops|steps|precision]
+    python experiments/conv_bench.py [--reps 7] [--calls 5] [--only ops|steps|precision|compile]
+        [--clock wall|cpu] [--baseline OLD/fnlearn/nn/cpu_conv.py]
+
+``--clock cpu`` times process CPU seconds (both threads) instead of wall time: on a
+machine shared with other work it moves far less than wall time, so it suits
+comparing two versions of the lowering. ``--baseline`` adds a contender whose
+convolution comes from another ``cpu_conv.py`` (for instance an older commit's, from
+``git archive``), its bias and ReLU applied after it.
 
 ``--only precision`` prints, instead of times, the bfloat16 error of each CPU path
 (output, input gradient, kernel gradient) against float32 on the same values,
-next to ``lax`` in bfloat16 with float32 accumulation.
+next to ``lax`` in bfloat16 with float32 accumulation. ``--only compile`` prints the
+CPU seconds that XLA takes to compile ``fnlearn.train_step`` for both models
+(``fnlearn.models``), persistent cache off.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -37,6 +48,7 @@ try:
     import torch.nn.functional as F
 except ImportError:
     torch = None
+
 
 def lax_conv_relu(x, kernel, bias):
     return jax.nn.relu(cpu_conv.conv2d_lax(x, kernel) + bias)
@@ -60,23 +72,65 @@ POOLS = [("keras pool1", 128, (26, 26, 32)), ("keras pool2", 128, (11, 11, 64)),
          ("net pool", 64, (24, 24, 64))]
 
 
-def timed(fn: Callable[[], object], calls: int) -> float:
-    """Seconds per call of ``fn``, averaged over ``calls`` calls."""
-    start = time.perf_counter()
+def baseline_ops(path: str) -> dict[str, Callable]:
+    """The ops of another version's ``cpu_conv.py`` (its own module, beside this one)."""
+    spec = importlib.util.spec_from_file_location("baseline_cpu_conv", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return {"conv": module.conv2d, "pool": cpu_pool.max_pool2d,
+            "conv_relu": lambda x, kernel, bias: jax.nn.relu(module.conv2d(x, kernel) + bias)}
+
+
+def timed(fn: Callable[[], object], calls: int, clock: Callable[[], float]) -> float:
+    """Seconds of ``clock`` per call of ``fn``, averaged over ``calls`` calls."""
+    start = clock()
     for _ in range(calls):
         fn()
-    return (time.perf_counter() - start) / calls
+    return (clock() - start) / calls
 
 
-def race(contenders: dict[str, Callable[[], object]], reps: int, calls: int) -> dict[str, list]:
-    """Times every contender once per repetition, in turn; returns seconds per call, per rep."""
+def race(contenders: dict[str, Callable[[], object]], reps: int, calls: int,
+         clock: Callable[[], float] = time.perf_counter) -> dict[str, list]:
+    """Times every contender once per repetition, in turn; returns seconds per call, per rep.
+
+    The order rotates from one repetition to the next, so that no contender always
+    runs right after the same other one (whose memory traffic it would inherit).
+    """
     for fn in contenders.values():
         fn()
-    times = {name: [] for name in contenders}
-    for _ in range(reps):
-        for name, fn in contenders.items():
-            times[name].append(timed(fn, calls))
+    names = list(contenders)
+    times = {name: [] for name in names}
+    for rep in range(reps):
+        for name in names[rep % len(names):] + names[: rep % len(names)]:
+            times[name].append(timed(contenders[name], calls, clock))
     return times
+
+
+def compile_seconds() -> None:
+    """CPU seconds of ``jit(train_step).lower(...).compile()`` for both ``fnlearn.models``."""
+    import numpy as np
+
+    import fnlearn as fl
+
+    fl.cache.disable_compilation_cache()
+    recipes = [("Keras convnet, Adam", fl.models.keras_convnet(), optax.adam(1e-3), 128,
+                "sparse_categorical_crossentropy"),
+               ("PyTorch Net, Adadelta", fl.models.torch_mnist_net(), optax.adadelta(1.0), 64,
+                "nll_loss")]
+    print("| training step | lower (CPU s) | compile (CPU s) |\n| --- | --- | --- |")
+    for label, model, optimizer, batch, loss in recipes:
+        state = fl.init_state(model, optimizer, (28, 28, 1))
+        x, y = np.zeros((batch, 28, 28, 1), np.uint8), np.zeros((batch,), np.int32)
+
+        def step(state, x, y, model=model, loss=loss, optimizer=optimizer):
+            return fl.train_step(state, x, y, model=model, loss=loss, optimizer=optimizer)
+
+        start = time.process_time()
+        lowered = jax.jit(step).lower(state, x, y)
+        middle = time.process_time()
+        lowered.compile()
+        print(f"| {label} (batch {batch}) | {middle - start:.2f} | "
+              f"{time.process_time() - middle:.2f} |", flush=True)
 
 
 def jax_call(fn, *args):
@@ -269,39 +323,56 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--reps", type=int, default=7, help="alternating repetitions")
     parser.add_argument("--calls", type=int, default=5, help="calls timed per repetition")
-    parser.add_argument("--only", choices=["ops", "steps", "precision"],
+    parser.add_argument("--only", choices=["ops", "steps", "precision", "compile"],
                         help="run one table only")
+    parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                        help="time wall seconds or process CPU seconds")
+    parser.add_argument("--baseline", help="another version's cpu_conv.py, as a contender")
     args = parser.parse_args(argv)
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
+    if args.only == "compile":
+        os.environ["FNLEARN_COMPILATION_CACHE"] = "0"
+        compile_seconds()
+        return
     if args.only == "precision":
         print("| bfloat16 path | fnlearn: output / dx / dkernel error | "
               "lax, float32 sums: output / dx / dkernel |\n| --- | --- | --- |")
         for name, case in PRECISION_CASES.items():
             print(f"| {name} | " + " | ".join(precision_row(*case)) + " |", flush=True)
         return
-    names = ["fnlearn", "lax"] + (["torch"] if torch is not None else [])
-    if torch is not None:
+    old = baseline_ops(args.baseline) if args.baseline else None
+    # PyTorch's OpenMP threads spin while they wait, which a CPU clock counts as work.
+    with_torch = torch is not None and args.clock == "wall"
+    names = ["fnlearn", "lax"] + (["baseline"] if old else []) + (["torch"] if with_torch else [])
+    if with_torch:
         torch.set_num_threads(2)
     header = ("| " + " | ".join(names) + " | " + " | ".join(f"{n}/fnlearn" for n in names[1:])
               + " |")
-    print(f"jax {jax.__version__}, devices {jax.devices()}, reps {args.reps} x {args.calls} calls"
-          + (f", torch {torch.__version__} ({torch.get_num_threads()} threads)" if torch else ""))
+    print(f"jax {jax.__version__}, devices {jax.devices()}, reps {args.reps} x {args.calls} calls, "
+          f"{args.clock} clock, load average {os.getloadavg()[0]:.1f}"
+          + (f", torch {torch.__version__} ({torch.get_num_threads()} threads)"
+             if with_torch else ""))
     if args.only != "steps":
         print(f"\n| op (ms, median) {header}\n|" + " --- |" * (2 * len(names)))
         for label, batch, in_shape, k_shape in CONVS:
             per = {"fnlearn": conv_ops(batch, in_shape, k_shape, FAST),
                    "lax": conv_ops(batch, in_shape, k_shape, LAX)}
-            if torch is not None:
+            if old:
+                per["baseline"] = conv_ops(batch, in_shape, k_shape, old)
+            if with_torch:
                 per["torch"] = torch_conv_ops(batch, in_shape, k_shape)
             for op in per["fnlearn"]:
-                times = race({n: per[n][op] for n in per}, args.reps, args.calls)
+                times = race({n: per[n][op] for n in per}, args.reps, args.calls, clock)
                 print(row(f"{label} {op} (batch {batch})", times, "ms"), flush=True)
         for label, batch, in_shape in POOLS:
             per = {"fnlearn": pool_ops(batch, in_shape, FAST),
                    "lax": pool_ops(batch, in_shape, LAX)}
-            if torch is not None:
+            if old:
+                per["baseline"] = pool_ops(batch, in_shape, old)
+            if with_torch:
                 per["torch"] = torch_pool_ops(batch, in_shape)
             for op in per["fnlearn"]:
-                times = race({n: per[n][op] for n in per}, args.reps, args.calls)
+                times = race({n: per[n][op] for n in per}, args.reps, args.calls, clock)
                 print(row(f"{label} max {op} (batch {batch})", times, "ms"), flush=True)
     if args.only != "ops":
         print(f"\n| train step (img/s, median) {header}\n|" + " --- |" * (2 * len(names)))
@@ -310,9 +381,11 @@ def main(argv: list[str] | None = None) -> None:
         for name, label, model, optimizer, batch in models:
             steps = {"fnlearn": jax_step(model(FAST), optimizer, batch),
                      "lax": jax_step(model(LAX), optimizer, batch)}
-            if torch is not None:
+            if old:
+                steps["baseline"] = jax_step(model(old), optimizer, batch)
+            if with_torch:
                 steps["torch"] = torch_step(name, batch)
-            times = race(steps, args.reps, args.calls)
+            times = race(steps, args.reps, args.calls, clock)
             print(row(f"{label} (batch {batch})", times, "img/s", batch), flush=True)
 
 

@@ -8,9 +8,13 @@ slices of the padded input laid side by side, and the output is one product
 the forward pass is instead one fused sum of taps times kernel rows). Its
 ``custom_vjp`` keeps the backward pass in products:
 
-- kernel gradient: ``patches^T @ dY``, summed over the batch;
+- kernel gradient: ``dY^T @ patches``, summed over the batch;
 - input gradient: ``dY @ kernel^T`` gives each patch's share, which col2im adds
   back to the input positions it came from (padding with holes, no scatter).
+
+A bias and a ReLU (``conv2d(..., bias=b, activation="relu")``) are applied to each
+chunk of output while it is in cache, and their gradients taken inside the
+backward pass's loops, instead of in passes of their own over the whole output.
 
 The batch is walked in chunks of images (``lax.map`` / ``lax.scan``) so that a
 chunk's patches stay in cache instead of going through memory: this is what
