@@ -7,9 +7,10 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from fnlearn.nn.core import Layer
+from fnlearn.nn.core import Layer, constructor
 
 
+@constructor
 def from_flax(module: Any, *, train_argument: str | None = None) -> Layer:
     """Wraps a Flax ``linen`` module as a ``Layer`` usable wherever an fnlearn model is.
 

@@ -26,11 +26,12 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from fnlearn.nn.core import Layer
+from fnlearn.nn.core import Layer, constructor
 
 _DEFAULTS = {"keras": (0.99, 1e-3), "torch": (0.1, 1e-5)}
 
 
+@constructor
 def BatchNorm(momentum: float | None = None, epsilon: float | None = None, *,
               convention: str = "keras", center: bool = True, scale: bool = True) -> Layer:
     """Normalizes each channel (the last axis) with batch statistics (Keras ``BatchNormalization``).

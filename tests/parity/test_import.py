@@ -185,7 +185,7 @@ def test_import_batch_norm_and_average_pooling(torch, record):
         "global_avg_pool2d", "dense"]  # PyTorch's AdaptiveAvgPool2d(1) + Flatten is one layer
     bn = imported.model.children[5].config
     assert bn["convention"] == "torch" and bn["momentum"] == 0.2
-    np.testing.assert_array_equal(imported.model_state["batch_norm_1"]["var"],
+    np.testing.assert_array_equal(imported.model_state["batch_norm_0"]["var"],
                                   module[1].running_var.numpy())
 
 
@@ -204,7 +204,7 @@ def test_import_keras_padding_and_batch_norm(keras, record):
     conv, norm = imported.model.children[0].config, imported.model.children[1].config
     assert conv["padding"] == ((1, 0), (2, 1))
     assert norm["convention"] == "keras" and norm["momentum"] == 0.9
-    np.testing.assert_array_equal(imported.model_state["batch_norm_1"]["var"],
+    np.testing.assert_array_equal(imported.model_state["batch_norm_0"]["var"],
                                   bn.moving_variance.numpy())
 
 
@@ -244,9 +244,9 @@ def test_the_report_catches_a_corrupted_weight(torch, torch_net, record):
     with torch.no_grad():
         expected = net.eval()(torch.from_numpy(x))
     params = jax.tree.map(lambda a: a, imported.params)
-    kernel = np.array(params["dense_7"]["kernel"])
+    kernel = np.array(params["dense_0"]["kernel"])
     kernel[100, 3] += 0.5  # one weight of fc1, as a wrong copy would leave it
-    params["dense_7"] = {**params["dense_7"], "kernel": jnp.asarray(kernel)}
+    params["dense_0"] = {**params["dense_0"], "kernel": jnp.asarray(kernel)}
     ours = imported.model.apply(params, x.transpose(0, 2, 3, 1))
     result = parity.compare("log-probabilities", ours, expected, rtol=RTOL)
     record("corrupted fc1 weight", f"max abs error {result.max_abs_error:.1e}")
