@@ -20,6 +20,7 @@ names the layer it is about and inserting a layer of another kind renames nothin
 """
 
 from fnlearn.nn import conv as _conv
+from fnlearn.nn.combinators import fan_out, parallel, residual
 from fnlearn.nn.conv import explicit_padding
 from fnlearn.nn.core import (
     Layer,
@@ -68,6 +69,6 @@ __all__ = [
     "Linear", "LogSoftmax", "MaxPool2D", "Maximum", "Minimum", "Model", "ModelState", "Multiply",
     "Node", "Normalize", "Params", "ReLU", "Reshape", "Sequential", "Shape", "Softmax",
     "Subtract", "apply", "as_key", "constructor", "count_params", "describe",
-    "explicit_padding", "from_flax", "glorot_uniform", "init", "init_with_state", "serial",
+    "explicit_padding", "fan_out", "from_flax", "glorot_uniform", "init", "init_with_state", "parallel", "residual", "serial",
     "summary", "torch_linear_uniform",
 ]

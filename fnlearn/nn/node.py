@@ -90,7 +90,7 @@ def call(layer, args) -> Any:
     tuple or dict outputs: ``config["output_structure"]``), a tuple or dict of item nodes.
     """
     leaves = jax.tree.leaves(args, is_leaf=is_node)
-    if not leaves:
+    if not any(map(is_node, leaves)):
         raise TypeError(f"{layer.kind} was called on {type(args).__name__}: calling a layer "
                         "builds a graph from nn.Input nodes; to run a layer on arrays use "
                         "nn.apply(layer, params, x) (or layer.apply)")

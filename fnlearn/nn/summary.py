@@ -21,7 +21,9 @@ class Row(NamedTuple):
       name: the call's label (``dense_0``; ``dense_0 (call 2)`` for a shared layer's
         second call; an input's name).
       kind: the layer kind (``"dense"``), or ``"input"``.
-      inputs: the labels of the rows it reads (``branch[0]`` for one output of several).
+      inputs: the names of the rows it reads.
+      connected: the same as Keras's "Connected to" (``branches[0]`` for one output of a
+        row with several).
       shape: its per-example output shape (a tuple, or a tuple or dict of them).
       params, state: the parameters and state scalars it owns (0 for a repeated call).
       output: whether it is one of the model's outputs.
@@ -30,6 +32,7 @@ class Row(NamedTuple):
     name: str
     kind: str
     inputs: tuple[str, ...]
+    connected: tuple[str, ...]
     shape: Any
     params: int
     state: int
@@ -51,16 +54,24 @@ def describe(model: Layer, input_shape: Sequence[int] | Any) -> list[Row]:
 
         params, state = jax.eval_shape(variables, key)
         rows = []
+
+        def source(i):  # the row an item of a call's outputs comes from
+            while spec.steps[i].op == "item":
+                i = spec.steps[i].parents[0]
+            return i
+
+        outputs = {source(i) for i in spec.outputs}
+
         for i, step in enumerate(spec.steps):
             if step.op == "item":
                 continue
             name = None if step.op == "input" else spec.names[step.layer]
             owns = step.op == "call" and step.call == 0
             kind = "input" if step.op == "input" else spec.layers[step.layer].kind
-            rows.append(Row(step.label, kind, tuple(spec.steps[p].label for p in step.parents),
-                            record[i], count_params(params.get(name, {})) if owns else 0,
+            rows.append(Row(step.label, kind, tuple(spec.steps[source(p)].label for p in step.parents),
+                            tuple(spec.steps[p].label for p in step.parents), record[i], count_params(params.get(name, {})) if owns else 0,
                             count_params(state.get(name, {})) if owns else 0,
-                            i in spec.outputs))
+                            i in outputs))
         return rows
     layers = model.children if model.kind == "serial" else (model,)
     names = model.config["names"] if model.kind == "serial" else [model.name or model.kind]
@@ -69,7 +80,7 @@ def describe(model: Layer, input_shape: Sequence[int] | Any) -> list[Row]:
     for position, (name, layer) in enumerate(zip(names, layers)):
         shape, params, state = abstract_init(layer, key, shape)
         label = name if name not in seen else f"{name} (call {names[:position].count(name) + 1})"
-        rows.append(Row(label, layer.kind, previous, shape,
+        rows.append(Row(label, layer.kind, previous, previous, shape,
                         0 if name in seen else count_params(params),
                         0 if name in seen else count_params(state), position == len(layers) - 1))
         seen.add(name)
@@ -96,7 +107,7 @@ def summary(model: Layer, input_shape: Sequence[int] | Any) -> str:
     rows = describe(model, input_shape)
     graph = "graph" in model.config
     cells = [(f"{r.name} ({'InputLayer' if r.kind == 'input' else display_kind(r.kind)})",
-              format_shape(r.shape), f"{r.params:,}", ", ".join(r.inputs)) for r in rows]
+              format_shape(r.shape), f"{r.params:,}", ", ".join(r.connected)) for r in rows]
     headers = ("Layer (type)", "Output Shape", "Param #", "Connected to")
     widths = [max(len(headers[i]), *(len(c[i]) for c in cells)) + 2 for i in range(4)]
     widths[2] = max(widths[2], 10)
