@@ -205,8 +205,8 @@ def test_a_non_string_activation_is_named():
     with pytest.raises(TypeError, match=r"activation must be a name \(one of .*\) or None, got "
                                         "the function relu; pass its name, e.g. activation='relu'"):
         nn.Dense(10, jax.nn.relu)
-    with pytest.raises(ValueError, match="unknown activation 'gelu'"):
-        nn.Dense(10, "gelu")
+    with pytest.raises(ValueError, match="unknown activation 'gelu_exact'"):
+        nn.Dense(10, "gelu_exact")
     with pytest.raises(TypeError, match=r"activation must be a name .* got int 3;"):
         nn.Dense(10, 3)
 

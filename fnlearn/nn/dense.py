@@ -1,4 +1,4 @@
-"""Dense layers and the small ones around them: activations, Flatten, Normalize, Dropout.
+"""Dense layers and the small ones around them: activations, Flatten, Normalize, dropout.
 
 All are stateless ``(init, apply)`` pairs (see ``fnlearn.nn.core``).
 """
@@ -191,3 +191,33 @@ def Dropout(rate: float) -> Layer:
         return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
 
     return Layer(init_fn, apply_fn, "dropout", {"rate": rate})
+
+
+@constructor
+def SpatialDropout2D(rate: float) -> Layer:
+    """Drops whole channels of NHWC images during training (Keras ``SpatialDropout2D``,
+    PyTorch ``Dropout2d``), scaling the kept ones by 1/(1-rate).
+
+    Each example drops a fraction ``rate`` of its channels, every pixel of them at once:
+    neighbouring pixels are correlated, so element-wise dropout barely regularizes
+    convolutions. Active only when ``apply`` gets ``train=True``, which then needs ``key``.
+    """
+    if not 0.0 <= rate < 1.0:
+        raise ValueError(f"SpatialDropout2D rate must be in [0, 1), got {rate!r}")
+
+    def init_fn(key, input_shape):
+        if len(input_shape) != 3:
+            raise ValueError(f"SpatialDropout2D needs per-example inputs (height, width, "
+                             f"channels), got shape {tuple(input_shape)}")
+        return tuple(input_shape), {}
+
+    def apply_fn(params, x, *, key=None, train=False):
+        if not train or rate == 0.0:
+            return x
+        if key is None:
+            raise ValueError("SpatialDropout2D with train=True needs a PRNG key: "
+                             "apply(..., key=key)")
+        keep = jax.random.bernoulli(key, 1.0 - rate, (x.shape[0], 1, 1, x.shape[-1]))
+        return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
+
+    return Layer(init_fn, apply_fn, "spatial_dropout2d", {"rate": rate})

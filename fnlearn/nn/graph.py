@@ -215,8 +215,14 @@ def _pack(structure: tuple, values: list):
     return dict(zip(keys, values))
 
 
+_DISPLAY = {"relu": "ReLU", "relu6": "ReLU6", "elu": "ELU", "gelu": "GELU", "gelu_tanh": "GELU",
+            "silu": "SiLU", "leaky_relu": "LeakyReLU", "upsampling2d": "UpSampling2D"}
+
+
 def display_kind(kind: str) -> str:
     """A layer kind as Keras prints class names: ``batch_norm`` -> ``BatchNorm``."""
+    if kind in _DISPLAY:
+        return _DISPLAY[kind]
     return "".join(part.capitalize() for part in kind.split("_")).replace("2d", "2D") \
         .replace("1d", "1D")
 

@@ -68,10 +68,11 @@ def describe(model: Layer, input_shape: Sequence[int] | Any) -> list[Row]:
             name = None if step.op == "input" else spec.names[step.layer]
             owns = step.op == "call" and step.call == 0
             kind = "input" if step.op == "input" else spec.layers[step.layer].kind
-            rows.append(Row(step.label, kind, tuple(spec.steps[source(p)].label for p in step.parents),
-                            tuple(spec.steps[p].label for p in step.parents), record[i], count_params(params.get(name, {})) if owns else 0,
-                            count_params(state.get(name, {})) if owns else 0,
-                            i in outputs))
+            counted = (params.get(name, {}), state.get(name, {})) if owns else ({}, {})
+            rows.append(Row(step.label, kind,
+                            tuple(spec.steps[source(p)].label for p in step.parents),
+                            tuple(spec.steps[p].label for p in step.parents), record[i],
+                            count_params(counted[0]), count_params(counted[1]), i in outputs))
         return rows
     layers = model.children if model.kind == "serial" else (model,)
     names = model.config["names"] if model.kind == "serial" else [model.name or model.kind]
@@ -115,7 +116,7 @@ def summary(model: Layer, input_shape: Sequence[int] | Any) -> str:
 
     def line(values):
         text = f"{values[0]:<{widths[0]}}{values[1]:<{widths[1]}}{values[2]:>{widths[2]}}"
-        return text + (f"  {values[3]}" if columns == 4 else "")
+        return (text + (f"  {values[3]}" if columns == 4 else "")).rstrip()
 
     rule = "-" * (sum(widths[:3]) + (widths[3] + 2 if columns == 4 else 0))
     total = sum(r.params for r in rows)
