@@ -305,3 +305,12 @@ def test_a_graph_model_checkpoints_exports_and_trains_on_a_mesh(tmp_path):
     exported = fl.load_exported(path)(data)
     np.testing.assert_allclose(exported, fl.predict(model, state.params, data,
                                                     model_state=state.model_state), rtol=1e-6)
+
+
+def test_graph_models_are_refused_where_only_chains_convert():
+    x = nn.Input((3,))
+    model = nn.Model(x, nn.Add()([nn.Dense(3)(x), x]))
+    with pytest.raises(ValueError, match="is a graph model: only chains .serial. have PyTorch"):
+        fl.parity.registry.entry(model, 0, "PyTorch")  # what to_torch_module asks, per layer
+    with pytest.raises(TypeError, match="is a layer, already usable wherever a model is"):
+        nn.Model(nn.Dense(3))

@@ -344,6 +344,9 @@ def Model(inputs, outputs=None, *, name: str | None = None) -> Layer:
       TypeError, ValueError: see ``build_spec``; shape errors surface at ``init``, with
         the step and the shapes of its inputs.
     """
+    if isinstance(inputs, Layer):
+        raise TypeError("Model takes its inputs and outputs (nodes), or a forward function; "
+                        f"{inputs!r} is a layer, already usable wherever a model is")
     if outputs is None and callable(inputs) and not is_node(inputs):
         forward = inputs
         arguments = [p.name for p in inspect.signature(forward).parameters.values()

@@ -313,6 +313,9 @@ for _kind, _entry in twins.entries().items():
 
 def entry(layer, position: int, target: str) -> Entry:
     """The registered entry for ``layer``, or a clear error naming it and what is supported."""
+    if "graph" in layer.config:
+        raise ValueError(f"fnlearn layer {layer.kind!r} at position {position} is a graph model: "
+                         f"only chains (serial) have {target} twins so far")
     found = REGISTRY.get(layer.kind)
     if found is None or "flax_module" in layer.config:
         raise ValueError(f"fnlearn layer {layer.kind!r} at position {position} has no "
