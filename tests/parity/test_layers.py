@@ -195,11 +195,13 @@ def check(record, what, out, grads, dx, expected):
     record("gradients", f"worst abs error / largest |grad| {worst:.1e} over {len(pairs)} tensors")
 
 
-@pytest.mark.parametrize("build, shape, frameworks, ints, scale", CASES)
-def test_layer_vs_torch(request, build, shape, frameworks, ints, scale, record):
-    if "torch" not in frameworks:
-        pytest.skip("no PyTorch twin for these settings (the Keras test covers them)")
-    torch = request.getfixturevalue("torch")
+def having(framework: str) -> list:
+    """The cases whose settings have a twin in ``framework`` (a few have one twin only)."""
+    return [c for c in CASES if framework in c.values[2]]
+
+
+@pytest.mark.parametrize("build, shape, frameworks, ints, scale", having("torch"))
+def test_layer_vs_torch(torch, build, shape, frameworks, ints, scale, record):
     model = build()
     params, state = non_trivial(model, shape)
     x = inputs(shape, ints, scale)
@@ -209,12 +211,8 @@ def test_layer_vs_torch(request, build, shape, frameworks, ints, scale, record):
           theirs_torch(torch, model, shape, params, state, x, r))
 
 
-@pytest.mark.parametrize("build, shape, frameworks, ints, scale", CASES)
-def test_layer_vs_keras(request, build, shape, frameworks, ints, scale, record):
-    if "keras" not in frameworks:
-        pytest.skip("no Keras twin for these settings (the PyTorch test covers them)")
-    tf = request.getfixturevalue("tf")
-    request.getfixturevalue("keras")
+@pytest.mark.parametrize("build, shape, frameworks, ints, scale", having("keras"))
+def test_layer_vs_keras(tf, keras, build, shape, frameworks, ints, scale, record):
     model = build()
     params, state = non_trivial(model, shape)
     x = inputs(shape, ints, scale)
