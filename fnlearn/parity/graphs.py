@@ -71,8 +71,6 @@ def _module_kind(module) -> str | None:
     name = type(module).__name__
     if name == "GELU" and module.approximate == "tanh":
         return "gelu_tanh"
-    if name == "Conv2d" and module.groups > 1 and module.groups == module.in_channels:
-        return "depthwise_conv2d"
     if name == "AdaptiveAvgPool2d" and module.output_size not in (1, (1, 1)):
         return "adaptive_avg_pool2d"
     return TORCH_MODULES.get(name)
@@ -229,7 +227,7 @@ KERAS_LAYERS = {
     "Rescaling": "normalize", "Activation": "activation", "ZeroPadding2D": "zero_pad",
     "ZeroPadding1D": "zero_pad", "Cropping2D": "crop", "LeakyReLU": "leaky_relu", "ELU": "elu",
     "Conv1D": "conv1d", "Conv2DTranspose": "conv2d_transpose",
-    "DepthwiseConv2D": "depthwise_conv2d", "LayerNormalization": "layer_norm",
+    "DepthwiseConv2D": "conv2d", "LayerNormalization": "layer_norm",
     "GroupNormalization": "group_norm", "Embedding": "embedding", "UpSampling2D": "upsampling2d",
     "AdaptiveAveragePooling2D": "adaptive_avg_pool2d", "SpatialDropout2D": "spatial_dropout",
     "RandomFlip": "identity", "Identity": "identity",

@@ -61,6 +61,8 @@ def _torch_layer(op: Op) -> Layer | None:
     m, c = op.obj, op.config
     if op.kind == "linear":
         return nn.Linear(m.in_features, m.out_features, bias=m.bias is not None)
+    if op.kind == "conv2d" and m.groups > 1 and m.groups == m.in_channels:
+        return _torch_depthwise(op)
     if op.kind == "conv2d":
         if m.groups != 1 or m.padding_mode != "zeros":
             raise ValueError(f"Conv2d at {op.where} uses groups={m.groups}, "
@@ -77,14 +79,6 @@ def _torch_layer(op: Op) -> Layer | None:
         return nn.Conv2D(m.out_channels, _pair(m.kernel_size), strides=_pair(m.stride),
                          padding=padding, dilation=_pair(m.dilation),
                          use_bias=m.bias is not None, init="torch")
-    if op.kind == "depthwise_conv2d":
-        if m.padding_mode != "zeros" or isinstance(m.padding, str):
-            raise ValueError(f"Conv2d at {op.where} pads {m.padding!r} in mode "
-                             f"{m.padding_mode!r}: not supported")
-        return nn.DepthwiseConv2D(_pair(m.kernel_size), _pair(m.stride), _pair(m.padding),
-                                  depth_multiplier=m.out_channels // m.in_channels,
-                                  dilation=_pair(m.dilation), use_bias=m.bias is not None,
-                                  init="torch")
     if op.kind == "conv2d_transpose":
         if m.groups != 1 or m.padding_mode != "zeros":
             raise ValueError(f"ConvTranspose2d at {op.where} uses groups={m.groups}, "
@@ -161,6 +155,20 @@ def _torch_layer(op: Op) -> Layer | None:
         return None
     raise ValueError(f"{op.kind} at {op.where} cannot be imported yet; convert its weights "
                      "into an fnlearn model you build with fnlearn.parity.variables_from_torch")
+
+
+def _torch_depthwise(op: Op) -> Layer:
+    """A ``Conv2d`` with one group per input channel, as a ``DepthwiseConv2D``."""
+    m, extra = op.obj, op.config.get("pad")
+    if m.padding_mode != "zeros" or isinstance(m.padding, str):
+        raise ValueError(f"Conv2d at {op.where} pads {m.padding!r} in mode "
+                         f"{m.padding_mode!r}: not supported")
+    extra = extra or ((0, 0), (0, 0))
+    padding = tuple((p + a, p + b) for p, (a, b) in zip(_pair(m.padding), extra))
+    return nn.DepthwiseConv2D(_pair(m.kernel_size), _pair(m.stride), padding,
+                              depth_multiplier=m.out_channels // m.in_channels,
+                              dilation=_pair(m.dilation), use_bias=m.bias is not None,
+                              init="torch")
 
 
 def _fold_padding(ops: list[Op], framework: str) -> list[Op]:

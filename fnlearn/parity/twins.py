@@ -351,8 +351,9 @@ def entries() -> dict[str, Entry]:
         lambda p, s, layer, m, f: _kernel_bias(p, lambda k: k.transpose(3, 2, 0, 1)),
         lambda t, layer, m, f: _from_weight(t, lambda w: w.transpose(2, 3, 1, 0)),
         *_keras_weights(("kernel", "bias")))
+    # A grouped convolution in both frameworks' vocabulary: PyTorch spells it Conv2d(groups=).
     out["depthwise_conv2d"] = Entry(
-        weighted("depthwise_conv2d"), _depthwise_torch, _depthwise_keras,
+        weighted("conv2d"), _depthwise_torch, _depthwise_keras,
         _depthwise_to_torch, _depthwise_from_torch, *_keras_weights(("kernel", "bias")))
     out["layer_norm"] = Entry(
         lambda layer: ("layer_norm",), _layer_norm_torch,
