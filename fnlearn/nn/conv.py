@@ -21,7 +21,7 @@ import jax.numpy as jnp
 
 from fnlearn.nn import cpu_conv, cpu_pool
 from fnlearn.nn.activations import activation_fn
-from fnlearn.nn.core import Layer, Shape
+from fnlearn.nn.core import Layer, Shape, constructor
 from fnlearn.nn.dense import glorot_uniform, torch_linear_uniform
 from fnlearn.nn.window import accumulator
 
@@ -154,6 +154,7 @@ def _spatial(layer: str, input_shape: Shape, window: Pair, strides: Pair, paddin
     return pads, out
 
 
+@constructor
 def Conv2D(filters: int, kernel_size: int | Pair, strides: int | Pair = 1,
            padding: str | int | Padding = "valid", *, dilation: int | Pair = 1,
            groups: int = 1, use_bias: bool = True, activation: str | None = None,
@@ -252,6 +253,7 @@ def _pool(kind: str, reduce, pool_size, strides, padding) -> Layer:
     return Layer(init_fn, apply_fn, kind, config)
 
 
+@constructor
 def MaxPool2D(pool_size: int | Pair = 2, strides: int | Pair | None = None,
               padding: str | int | Padding = "valid") -> Layer:
     """Maximum over windows (Keras ``MaxPooling2D``, PyTorch ``max_pool2d``).
@@ -262,12 +264,14 @@ def MaxPool2D(pool_size: int | Pair = 2, strides: int | Pair | None = None,
     return _pool("max_pool2d", _max_pool, pool_size, strides, padding)
 
 
+@constructor
 def AvgPool2D(pool_size: int | Pair = 2, strides: int | Pair | None = None,
               padding: str | int | Padding = "valid") -> Layer:
     """Mean over windows (Keras ``AveragePooling2D``); padded pixels are not counted."""
     return _pool("avg_pool2d", _avg_pool, pool_size, strides, padding)
 
 
+@constructor
 def GlobalAveragePooling2D() -> Layer:
     """Mean over height and width: ``(h, w, c) -> (c,)``."""
 
@@ -281,6 +285,7 @@ def GlobalAveragePooling2D() -> Layer:
     return Layer(init_fn, apply_fn, "global_avg_pool2d")
 
 
+@constructor
 def Reshape(target_shape: Sequence[int]) -> Layer:
     """Reshapes each example to ``target_shape`` (Keras ``layers.Reshape``; one -1 allowed)."""
     target = tuple(target_shape)

@@ -19,7 +19,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from fnlearn.nn.core import Layer
+from fnlearn.nn.core import Layer, constructor
 
 
 def _train_mode(train_argument: str | None, train: bool) -> dict:
@@ -28,6 +28,7 @@ def _train_mode(train_argument: str | None, train: bool) -> dict:
     return {train_argument: train if train_argument == "train" else not train}
 
 
+@constructor
 def from_flax(module: Any, *, train_argument: str | None = None) -> Layer:
     """Wraps a Flax ``linen`` module as a ``Layer`` usable wherever an fnlearn model is.
 
