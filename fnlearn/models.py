@@ -70,3 +70,63 @@ def torch_mnist_net() -> nn.Layer:
         nn.Linear(128, 10),
         nn.LogSoftmax(),
     )
+
+
+def torch_mnist_rnn(unroll: int = 1) -> nn.Layer:
+    """PyTorch examples' ``mnist_rnn/main.py`` ``Net``: each image's 28 rows as 28 time steps.
+
+    Takes uint8 images of shape (28, 28, 1) or (28, 28), scaled as the program's
+    ``ToTensor`` then ``Normalize((0.1307,), (0.3081,))``. ``LSTM(input_size=28,
+    hidden_size=64, batch_first=True)`` with PyTorch's initialization and two biases,
+    its last output, ``BatchNorm1d(64)``, dropout 0.25, ``Linear(64, 32)`` relu,
+    dropout 0.5, ``Linear(32, 10)``, log-softmax. The program's two ``Dropout2d`` get
+    ``(N, C)`` inputs, on which PyTorch 2.13 drops single elements (with a deprecation
+    warning), so they are plain dropouts here. 26,602 parameters.
+
+    Args:
+      unroll: the LSTM's time steps per loop iteration (speed only).
+    """
+    return nn.serial(
+        nn.Normalize(0.0, 255.0),
+        nn.Normalize(0.1307, 0.3081),
+        nn.Reshape((28, 28)),
+        nn.LSTM(64, convention="torch", unroll=unroll),
+        nn.BatchNorm(convention="torch"),
+        nn.Dropout(0.25),
+        nn.Linear(64, 32),
+        nn.ReLU(),
+        nn.Dropout(0.5),
+        nn.Linear(32, 10),
+        nn.LogSoftmax(),
+    )
+
+
+def mnist_vit(patch: int = 7, width: int = 64, depth: int = 4, heads: int = 4, mlp: int = 128,
+              dropout: float = 0.0) -> nn.Layer:
+    """A Vision Transformer for 28x28 images: patches as tokens, a class token, pre-norm
+    encoder blocks.
+
+    Takes uint8 images of shape (28, 28, 1), scaled as the MNIST programs'
+    ``Normalize((0.1307,), (0.3081,))``. Each ``patch`` x ``patch`` patch becomes a token of
+    ``width`` features (a convolution with stride ``patch``; 7 gives 16 tokens), a class
+    token goes first and learned position embeddings are added; ``depth``
+    ``TransformerEncoderLayer(width, heads, mlp, dropout, "gelu", norm_first=True)`` blocks,
+    a final LayerNorm, and a Linear on the class token gives the 10 logits. 139,018
+    parameters with the defaults.
+    """
+    if 28 % patch:
+        raise ValueError(f"mnist_vit patch {patch} must divide 28")
+    tokens = (28 // patch) ** 2
+    return nn.serial(
+        nn.Normalize(0.0, 255.0),
+        nn.Normalize(0.1307, 0.3081),
+        nn.Conv2D(width, patch, strides=patch, init="torch"),
+        nn.Reshape((tokens, width)),
+        nn.ClassToken(),
+        nn.PositionEmbedding(tokens + 1),
+        *[nn.TransformerEncoderLayer(width, heads, mlp, dropout, "gelu", norm_first=True)
+          for _ in range(depth)],
+        nn.LayerNorm(convention="torch"),
+        nn.TakeStep(0),
+        nn.Linear(width, 10),
+    )

@@ -15,6 +15,10 @@
 - ``norm``: ``BatchNorm`` (stateful: running statistics), ``LayerNorm``, ``GroupNorm``;
   Keras or PyTorch conventions.
 - ``reshaping``: ``UpSampling2D``, ``ZeroPadding2D``, ``AdaptiveAvgPool2D``.
+- ``recurrent``: ``SimpleRNN``, ``LSTM``, ``GRU``, ``Bidirectional`` (the recurrence in
+  ``rnn_cells``). ``attention``: ``MultiHeadAttention``. ``transformer``:
+  ``TransformerEncoderLayer``. ``sequence``: ``PositionEmbedding``,
+  ``SinusoidalPositionEmbedding``, ``ClassToken``, ``GlobalAveragePooling1D``, ``TakeStep``.
 - ``embedding``: ``Embedding``. ``augment``: ``RandomFlip``, ``RandomCrop`` (training only).
 - ``activations``: ``ACTIVATIONS`` by name, and ``GELU``, ``LeakyReLU``, ``ELU``, ``SiLU``,
   ``HardSigmoid``, ``ReLU6``, ``Tanh``, ``Sigmoid`` as layers.
@@ -36,6 +40,7 @@ from fnlearn.nn.activations import (
     SiLU,
     Tanh,
 )
+from fnlearn.nn.attention import MultiHeadAttention
 from fnlearn.nn.augment import RandomCrop, RandomFlip
 from fnlearn.nn.combinators import fan_out, parallel, residual
 from fnlearn.nn.conv import (
@@ -80,18 +85,30 @@ from fnlearn.nn.graph import Model
 from fnlearn.nn.merge import Add, Average, Concatenate, Maximum, Minimum, Multiply, Subtract
 from fnlearn.nn.node import Input, Node
 from fnlearn.nn.norm import BatchNorm, GroupNorm, LayerNorm
+from fnlearn.nn.recurrent import GRU, LSTM, Bidirectional, SimpleRNN
 from fnlearn.nn.reshaping import AdaptiveAvgPool2D, UpSampling2D, ZeroPadding2D
+from fnlearn.nn.sequence import (
+    ClassToken,
+    GlobalAveragePooling1D,
+    PositionEmbedding,
+    SinusoidalPositionEmbedding,
+    TakeStep,
+)
 from fnlearn.nn.serial import Sequential, serial
 from fnlearn.nn.summary import describe, summary
+from fnlearn.nn.transformer import TransformerEncoderLayer
 
 __all__ = [
     "ACTIVATIONS", "Activation", "AdaptiveAvgPool2D", "Add", "Average", "AvgPool2D", "BatchNorm",
-    "Concatenate", "Conv1D", "Conv2D", "Conv2DTranspose", "Dense", "DepthwiseConv2D", "Dropout",
-    "ELU", "Embedding", "Flatten", "GELU", "GlobalAveragePooling2D", "GroupNorm", "HardSigmoid",
-    "Input", "Layer", "LayerNorm", "LeakyReLU", "Linear", "LogSoftmax", "MaxPool2D", "Maximum",
-    "Minimum", "Model", "ModelState", "Multiply", "Node", "Normalize", "Params", "RandomCrop",
-    "RandomFlip", "ReLU", "ReLU6", "Reshape", "Sequential", "Shape", "SiLU", "Sigmoid", "Softmax",
-    "SpatialDropout2D", "Subtract", "Tanh", "UpSampling2D", "ZeroPadding2D", "apply", "as_key",
+    "Bidirectional", "ClassToken", "Concatenate", "Conv1D", "Conv2D", "Conv2DTranspose", "Dense",
+    "DepthwiseConv2D", "Dropout", "ELU", "Embedding", "Flatten", "GELU", "GRU",
+    "GlobalAveragePooling1D", "GlobalAveragePooling2D", "GroupNorm", "HardSigmoid", "Input",
+    "LSTM", "Layer", "LayerNorm", "LeakyReLU", "Linear", "LogSoftmax", "MaxPool2D", "Maximum",
+    "Minimum", "Model", "ModelState", "MultiHeadAttention", "Multiply", "Node", "Normalize",
+    "Params", "PositionEmbedding", "RandomCrop", "RandomFlip", "ReLU", "ReLU6", "Reshape",
+    "Sequential", "Shape", "SiLU", "Sigmoid", "SimpleRNN", "SinusoidalPositionEmbedding",
+    "Softmax", "SpatialDropout2D", "Subtract", "TakeStep", "Tanh", "TransformerEncoderLayer",
+    "UpSampling2D", "ZeroPadding2D", "apply", "as_key",
     "constructor", "count_params", "describe", "explicit_padding", "fan_out", "from_flax",
     "from_nnx",
     "glorot_uniform", "init", "init_with_state", "parallel", "residual", "serial", "summary",

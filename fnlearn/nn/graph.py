@@ -216,7 +216,10 @@ def _pack(structure: tuple, values: list):
 
 
 _DISPLAY = {"relu": "ReLU", "relu6": "ReLU6", "elu": "ELU", "gelu": "GELU", "gelu_tanh": "GELU",
-            "silu": "SiLU", "leaky_relu": "LeakyReLU", "upsampling2d": "UpSampling2D"}
+            "silu": "SiLU", "leaky_relu": "LeakyReLU", "upsampling2d": "UpSampling2D",
+            "lstm": "LSTM", "gru": "GRU", "simple_rnn": "SimpleRNN",
+            "multi_head_attention": "MultiHeadAttention", "global_avg_pool1d":
+            "GlobalAveragePooling1D", "transformer_encoder": "TransformerEncoderLayer"}
 
 
 def display_kind(kind: str) -> str:
