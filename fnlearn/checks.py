@@ -46,7 +46,9 @@ def as_host_array(name: str, value) -> np.ndarray:
         array = np.asarray(value)
     except ValueError as error:
         raise ValueError(f"{name} cannot be converted to an array (lists of unequal "
-                         f"lengths?): {error}") from error
+                         f"lengths?): {error}; pad sequences of different lengths into one "
+                         "array with fnlearn.data.pad_sequences (and mask the padding)"
+                         ) from error
     _check_dtype(name, array.dtype)
     if array.ndim == 0:
         raise ValueError(f"{name} must have a leading example axis, got a scalar")

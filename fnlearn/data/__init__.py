@@ -4,6 +4,7 @@
   a verified download or the shipped sample), ``Dataset``, ``Split``.
 - ``idx``: reading and checking IDX files. ``download``: mirrors into an atomic cache.
 - ``official``: the official files' sha256 digests and the mirrors that serve them.
+- ``sequences``: ``pad_sequences`` (ragged sequences to one array and their lengths).
 - ``sources``: random-access sources (arrays, memmaps, grain, tfds) for ``fit`` to stream.
 
 A new dataset goes in ``datasets`` (a ``_Spec`` with its file names, digests and mirrors).
@@ -31,11 +32,12 @@ from fnlearn.data.official import (
     MNIST_MIRRORS,
     MNIST_SHA256,
 )
+from fnlearn.data.sequences import pad_sequences
 
 __all__ = [
     "ASSETS_DIR", "DATA_DIR_ENV", "FASHION_MNIST_ARCHIVE_SHA256", "FASHION_MNIST_MIRRORS",
     "FASHION_MNIST_SHA256", "FILE_NAMES", "IMAGE_SHAPE", "MNIST_ARCHIVE_SHA256", "MNIST_MIRRORS",
     "MNIST_SAMPLE_PREFIX", "MNIST_SHA256", "NUM_CLASSES", "SOURCES", "DataError", "Dataset",
-    "Split", "download", "idx", "load_fashion_mnist", "load_mnist", "official", "read_idx",
-    "sources",
+    "Split", "download", "idx", "load_fashion_mnist", "load_mnist", "official", "pad_sequences",
+    "read_idx", "sources",
 ]

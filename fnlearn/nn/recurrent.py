@@ -273,7 +273,8 @@ def Bidirectional(layer: Layer, merge_mode: str | None = "concat") -> Layer:
     The backward copy has its own weights and reads the sequence from its end; its
     output sequence is put back in time order before merging. With a mask (or lengths)
     the backward copy starts at each sequence's last real step, as PyTorch's packed
-    sequences do. Parameters are ``{"forward": ..., "backward": ...}``.
+    sequences do, and masked steps of an output sequence are zeros (as Keras forces).
+    Parameters are ``{"forward": ..., "backward": ...}``.
 
     Args:
       layer: a ``SimpleRNN``, ``LSTM`` or ``GRU``.
@@ -286,6 +287,8 @@ def Bidirectional(layer: Layer, merge_mode: str | None = "concat") -> Layer:
         raise ValueError(f"Bidirectional merge_mode must be one of {sorted(_MERGES)} or None, "
                          f"got {merge_mode!r}")
     config = {k: v for k, v in layer.config.items() if k != "output_structure"}
+    # Keras's Bidirectional: masked steps of an output sequence are zeros in both directions.
+    config["zero_output_for_mask"] = config["return_sequences"]
     forward = _recurrent(layer.kind, config)
     backward = _recurrent(layer.kind, {**config, "go_backwards": not config["go_backwards"]})
     n_states = rnn_cells.STATES[layer.kind]

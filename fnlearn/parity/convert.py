@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 import jax
 
 from fnlearn.nn.core import Layer, init_with_state
-from fnlearn.parity import registry
+from fnlearn.parity import registry, sequence_walk
 from fnlearn.parity.graphs import (
     ELEMENTWISE_KINDS,
     IGNORED_KINDS,
@@ -262,6 +262,8 @@ def variables_from_keras(keras_model, *, model: Layer, input_shape: Sequence[int
 
 
 def _module_prefix(root, target) -> str:
+    # One layer of a multi-layer nn.LSTM: its weights are the module's own (``_l1`` names).
+    target = sequence_walk.recurrent_module(target)
     for name, module in root.named_modules():
         if module is target:
             return f"{name}." if name else ""
@@ -277,7 +279,10 @@ def _check_tree(what: str, got: dict, like: dict) -> None:
     if set(got) != set(like):
         raise ValueError(f"{what}: weights {sorted(got)} do not match fnlearn's {sorted(like)}")
     for key, value in got.items():
-        _check_shape(f"{what}/{key}", value.shape, like[key].shape)
+        if isinstance(value, dict):  # a layer made of parts (Bidirectional, attention)
+            _check_tree(f"{what}/{key}", value, like[key])
+        else:
+            _check_shape(f"{what}/{key}", value.shape, like[key].shape)
 
 
 # --- the older, parameters-only interface --------------------------------------------------

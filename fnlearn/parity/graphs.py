@@ -14,11 +14,14 @@ import operator
 import os
 from typing import Any, NamedTuple
 
+from fnlearn.parity import sequence_walk
+
 # Kinds that compute nothing at inference or hold no weights that pair up; left out
 # when two models are compared kind by kind. Zero padding is how a convolution's
 # asymmetric or explicit padding is spelled in PyTorch and Keras (a layer before it);
 # the padding itself is checked by running the models, not by the kinds.
-IGNORED_KINDS = ("dropout", "spatial_dropout", "identity", "normalize", "zero_pad", "crop")
+IGNORED_KINDS = ("dropout", "spatial_dropout", "identity", "normalize", "zero_pad", "crop",
+                 "masking")
 # Kinds that act on each feature alone: between a Flatten and a Linear they keep the
 # feature order, which the Linear's rows then absorb.
 ELEMENTWISE_KINDS = ("dropout", "spatial_dropout", "identity", "relu", "tanh", "sigmoid")
@@ -66,6 +69,13 @@ TORCH_MODULES = {
     # fnlearn's twins for channels-last layouts (fnlearn.parity.twins)
     "ChannelsLastConv1d": "conv1d", "ChannelsLastPad1d": "zero_pad",
     "ChannelwiseLayerNorm": "layer_norm", "ChannelsLastGroupNorm": "group_norm",
+    # sequences: PyTorch's modules and fnlearn's twins (fnlearn.parity.twins_seq)
+    **sequence_walk.RECURRENT_MODULES, "MultiheadAttention": "multi_head_attention",
+    "TransformerEncoderLayer": "transformer_encoder", "TransformerEncoder": "transformer_encoder",
+    "SelfAttention": "multi_head_attention", "CausalEncoderLayer": "transformer_encoder",
+    "AddPositionEmbedding": "position_embedding",
+    "AddSinusoids": "sinusoidal_position_embedding", "PrependToken": "class_token",
+    "MeanOverTime": "global_avg_pool1d", "TakeStep": "take_step", "Reshape": "reshape",
 }
 
 
@@ -174,7 +184,7 @@ def torch_ops(module) -> list[Op]:
                          f"(data-dependent control flow?): {error}") from error
     submodules = dict(module.named_modules())
     functions = _torch_functions(torch)
-    ops, previous = [], None
+    ops, previous, tuple_source = [], None, None
     for node in graph.nodes:
         if node.op == "placeholder":
             previous = node
@@ -186,18 +196,49 @@ def torch_ops(module) -> list[Op]:
         tensors = [a for a in node.all_input_nodes
                    if not (a.op == "call_method" and a.target == "size")]
         where = f"node {node.name!r} (target {getattr(node.target, '__name__', node.target)})"
+        if node.target is operator.getitem and tensors and tensors[0] in (previous,
+                                                                          tuple_source):
+            last = tuple(ops[-1]) if ops else None
+            action, index = sequence_walk.torch_item(node, last, tuple_source)
+            if action == "skip":
+                continue
+            if action == "fold":
+                ops[-1] = ops[-1]._replace(config={**ops[-1].config, "return_sequences": False})
+            elif action == "take":
+                ops.append(Op("take_step", None, where, {"index": index}))
+            elif action == "other":
+                raise ValueError(f"unsupported indexing {node.args[1]!r} at {where}: "
+                                 "x[:, i] (one step of a sequence) is supported")
+            tuple_source = None if action != "select" else tuple_source
+            previous = node
+            continue
         if node.target in _BRANCHING or len(tensors) != 1 or tensors[0] is not previous:
             raise ValueError(f"the graph branches at {where}: only chains of operations can be "
                              "converted (no residual adds or concatenations)")
         if node.op == "call_module":
             obj = submodules[node.target]
+            expanded = sequence_walk.torch_module_ops(obj, where)
+            if expanded is not None:
+                ops += [Op(*op) for op in expanded]
+                tuple_source = node if type(obj).__name__ in sequence_walk.TUPLE_MODULES \
+                    else None
+                previous = node
+                continue
             kind = _module_kind(obj)
             config = {}
+            if type(obj).__name__ == "MultiheadAttention":
+                tuple_source = node
             if kind is None:
                 raise ValueError(f"unsupported operation {type(obj).__name__} at {where}; "
                                  f"supported: {', '.join(supported_torch())}")
         else:
             obj = None
+            method = sequence_walk.torch_method(node) if node.op == "call_method" else None
+            if method is not None or sequence_walk.is_mean_function(torch, node):
+                kind, config = method or ("global_avg_pool1d", {})
+                ops.append(Op(kind, None, where, config))
+                previous = node
+                continue
             kind = (functions.get(node.target) if node.op == "call_function"
                     else TORCH_METHODS.get(node.target))
             if kind == "gelu" and node.kwargs.get("approximate") == "tanh":
@@ -234,6 +275,12 @@ KERAS_LAYERS = {
     "GroupNormalization": "group_norm", "Embedding": "embedding", "UpSampling2D": "upsampling2d",
     "AdaptiveAveragePooling2D": "adaptive_avg_pool2d", "SpatialDropout2D": "spatial_dropout",
     "RandomFlip": "identity", "Identity": "identity",
+    "LSTM": "lstm", "GRU": "gru", "SimpleRNN": "simple_rnn", "Bidirectional": "bidirectional",
+    "Masking": "masking", "MultiHeadAttention": "multi_head_attention",
+    "GlobalAveragePooling1D": "global_avg_pool1d",
+    # fnlearn's Keras twins of its sequence layers (fnlearn.parity.twins_seq)
+    "AddPositionEmbedding": "position_embedding", "AddSinusoids": "sinusoidal_position_embedding",
+    "PrependToken": "class_token", "TakeStep": "take_step",
 }
 _KERAS_WITH_ACTIVATION = ("Dense", "Conv2D", "Conv1D", "Conv2DTranspose", "DepthwiseConv2D")
 KERAS_ACTIVATIONS = ("linear", "relu", "softmax", "log_softmax", "tanh", "sigmoid", "gelu",
@@ -241,24 +288,22 @@ KERAS_ACTIVATIONS = ("linear", "relu", "softmax", "log_softmax", "tanh", "sigmoi
 
 
 def keras_ops(keras_model) -> list[Op]:
-    """The chain of operations of a ``keras.Sequential`` or linear functional model.
+    """The chain of operations of a ``keras.Sequential`` or functional model.
 
     A layer's own activation (``Dense(10, activation="relu")``) becomes an op of its own.
+    Nested models are walked; a self-attention call (``MultiHeadAttention(x, x)``) and a
+    Transformer encoder block (two residual units, ``sequence_walk``) are one op each.
 
     Raises:
       ValueError: an unsupported layer (named, with its position and the supported list),
-        or a layer with several inputs (a branching graph).
+        or a branch that is not part of an encoder block.
     """
     ops = []
-    for position, layer in enumerate(keras_model.layers):
-        name = type(layer).__name__
-        where = f"layer {position} {layer.name!r}"
-        if name == "InputLayer":
+    for layer, where, config in sequence_walk.keras_chain(keras_model):
+        if isinstance(layer, sequence_walk.KerasEncoderBlock):
+            ops.append(Op("transformer_encoder", layer, where, config))
             continue
-        inputs = getattr(layer, "input", None)
-        if isinstance(inputs, list | tuple) and len(inputs) > 1:
-            raise ValueError(f"the graph branches at {where} ({name} takes {len(inputs)} "
-                             "inputs): only chains of layers can be converted")
+        name = type(layer).__name__
         kind = KERAS_LAYERS.get(name)
         if kind is None:
             raise ValueError(f"unsupported layer {name} at {where}; supported: "
@@ -267,7 +312,9 @@ def keras_ops(keras_model) -> list[Op]:
             kind = _keras_activation_name(layer.activation, where)
         elif kind == "adaptive_avg_pool2d" and tuple(layer.output_size) == (1, 1):
             kind = "global_avg_pool2d"
-        ops.append(Op(kind, layer, where, {}))
+        elif kind == "bidirectional":
+            kind = KERAS_LAYERS[type(layer.forward_layer).__name__]
+        ops.append(Op(kind, layer, where, config))
         activation = getattr(layer, "activation", None)
         if name in _KERAS_WITH_ACTIVATION and activation is not None:
             act = _keras_activation_name(activation, where)

@@ -27,6 +27,7 @@ import numpy as np
 
 from fnlearn import nn
 from fnlearn.nn.core import Layer, apply
+from fnlearn.parity import sequence_import
 from fnlearn.parity.compare import compare, to_numpy
 from fnlearn.parity.convert import variables_from_keras, variables_from_torch
 from fnlearn.parity.graphs import (
@@ -92,6 +93,9 @@ def _pair(value) -> tuple[int, int]:
 
 def _torch_layer(op: Op) -> Layer | None:
     m, c = op.obj, op.config
+    sequence = sequence_import.torch_layer(op)
+    if sequence is not NotImplemented:
+        return sequence
     if op.kind == "linear":
         return nn.Linear(m.in_features, m.out_features, bias=m.bias is not None)
     if op.kind == "conv2d" and m.groups > 1 and m.groups == m.in_channels:
@@ -274,8 +278,8 @@ def from_torch(module, input_shape: Sequence[int], *, batch_size: int = 8, seed:
     # Refuses before anything is built.
     ops = _mark_flattens(_fold_padding(torch_ops(module), "PyTorch"))
     layers = [layer for layer in map(_torch_layer, ops) if layer is not None]
-    model = nn.serial(*layers)
     shape = _fnlearn_shape(input_shape)
+    model = nn.serial(*sequence_import.adapt_to_shapes(layers, shape))
     params, state = variables_from_torch(module, model=model, input_shape=shape)
     x = np.random.default_rng(seed).normal(size=(batch_size, *input_shape)).astype(np.float32)
     was_training = module.training
@@ -290,7 +294,11 @@ def from_torch(module, input_shape: Sequence[int], *, batch_size: int = 8, seed:
         type(module).__name__, reference, model, params, state, x, x_nhwc, rtol)), strict)
 
 
-def _keras_layer(layer, pad=None) -> Layer | None:
+def _keras_layer(op: Op) -> Layer | None:
+    sequence = sequence_import.keras_layer(op)
+    if sequence is not NotImplemented:
+        return sequence
+    layer, pad = op.obj, op.config.get("pad")
     kind = type(layer).__name__
     cfg = layer.get_config()
     activation = cfg.get("activation") if isinstance(cfg.get("activation"), str) else None
@@ -339,6 +347,10 @@ def _keras_layer(layer, pad=None) -> Layer | None:
         return nn.GroupNorm(cfg["groups"], cfg["epsilon"], center=cfg["center"],
                             scale=cfg["scale"])
     if kind == "Embedding":
+        if cfg.get("mask_zero"):
+            raise ValueError(f"Embedding {layer.name!r} has mask_zero=True: fnlearn's recurrent "
+                             "layers take their mask explicitly; import the model without it "
+                             "and pass {'inputs': x, 'mask': ids != 0} to the recurrent layer")
         return nn.Embedding(cfg["input_dim"], cfg["output_dim"])
     if kind == "UpSampling2D":
         return nn.UpSampling2D(tuple(cfg["size"]), cfg["interpolation"])
@@ -395,8 +407,8 @@ def from_keras(keras_model, *, batch_size: int = 8, seed: int = 0,
     """
     import_keras()
     # Refuses unsupported layers and branches before anything is built.
-    ops = _fold_padding(keras_ops(keras_model), "Keras")
-    layers = [_keras_layer(op.obj, op.config.get("pad")) for op in ops if op.obj is not None]
+    ops = sequence_import.fold_masking(_fold_padding(keras_ops(keras_model), "Keras"))
+    layers = [_keras_layer(op) for op in ops if op.obj is not None]
     model = nn.serial(*[layer for layer in layers if layer is not None])
     shape = tuple(int(d) for d in keras_model.input_shape[1:])
     params, state = variables_from_keras(keras_model, model=model, input_shape=shape)

@@ -1,7 +1,8 @@
 """One entry per fnlearn layer kind: its ops, its PyTorch and Keras twins, its weights both ways.
 
 A new layer kind is one ``register`` call here (the entries of the layers beyond the
-first models are in ``twins``, added below). Each entry knows
+first models are in ``twins``, those of the sequence layers in ``twins_seq``, added
+below). Each entry knows
 
 * ``ops(layer)``: the kinds it amounts to in the shared vocabulary of ``graphs``
   (a Dense with a relu is ``("linear", "relu")``);
@@ -22,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from fnlearn.parity import twins
+from fnlearn.parity import twins, twins_seq
 from fnlearn.parity.graphs import import_torch
 from fnlearn.parity.twins import Entry, act, f32, torch_activation
 
@@ -313,7 +314,7 @@ register("batch_norm", Entry(lambda layer: ("batch_norm",), _bn_torch, _bn_keras
                              _bn_from_torch, _bn_to_keras, _bn_from_keras))
 
 
-for _kind, _entry in twins.entries().items():
+for _kind, _entry in {**twins.entries(), **twins_seq.entries()}.items():
     register(_kind, _entry)
 
 
