@@ -8,8 +8,10 @@ timed against a PyTorch re-implementation of the reference program.
 
     python experiments/benchmark.py --data-dir DATA [--reps 3] [--out out/benchmark] [--quick]
     python experiments/benchmark.py --convnet --data-dir DATA [--reps 3] [--steps 200]
+    python experiments/benchmark.py --sequences --data-dir DATA [--reps 3] [--steps 100]
 
-``--convnet`` runs the convnet recipes instead (``benchmark_convnet.py``).
+``--convnet`` runs the convnet recipes instead (``benchmark_convnet.py``), ``--sequences``
+the LSTM and ViT recipes (``benchmark_sequences.py``).
 """
 
 import argparse
@@ -571,6 +573,10 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         from benchmark_convnet import main as convnet_main
 
         return convnet_main([a for a in argv if a != "--convnet"])
+    if "--sequences" in argv:
+        from benchmark_sequences import main as sequences_main
+
+        return sequences_main([a for a in argv if a != "--sequences"])
     args = parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -144,3 +144,14 @@ def test_convnet_contenders_report_their_throughput(script, tmp_path, need):
     assert result["train_images"] == 2 * 64
     assert len(result["epoch_seconds"]) == 2 and result["steady_img_s"] > 0
     assert 0.0 <= result["val_accuracy"] <= 1.0
+
+
+def test_sequence_benchmark_quick_run_on_the_sample(tmp_path):
+    import benchmark_sequences
+
+    runs = benchmark_sequences.main(["--recipes", "rnn", "--only", "fnlearn", "--reps", "1",
+                                     "--epochs", "2", "--steps", "3", "--out", str(tmp_path)])
+    assert runs["rnn"]["fnlearn"][0]["status"] == "ok"
+    text = (tmp_path / "benchmark_sequences.md").read_text()
+    assert "| rnn | fnlearn |" in text and "cores" in text
+    assert json.loads((tmp_path / "benchmark_sequences.json").read_text())["rnn"]["fnlearn"]

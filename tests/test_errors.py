@@ -135,7 +135,9 @@ def test_inputs_without_a_feature_axis_name_the_shape():
 
 
 def test_ragged_inputs_name_the_argument():
-    with pytest.raises(ValueError, match="x cannot be converted to an array"):
+    with pytest.raises(ValueError, match="x cannot be converted to an array .* pad sequences of "
+                                         "different lengths into one array with "
+                                         "fnlearn.data.pad_sequences"):
         fit([[1.0, 2.0, 3.0], [1.0]] * 5)
 
 

@@ -246,9 +246,9 @@ def test_bad_attention_masks_are_refused():
                                          r"\(3, 5, 5\) .* a \(batch, keys\) padding mask is "
                                          "PyTorch's key_padding_mask"):
         layer.apply(params, {"query": x, "attention_mask": np.ones((3, 5), bool)})
-    with pytest.raises(ValueError, match="key_padding_mask must be bool .* got int64: an int "
+    with pytest.raises(ValueError, match="key_padding_mask must be bool .* got int32: an int "
                                          "mask is ambiguous"):
-        layer.apply(params, {"query": x, "key_padding_mask": np.zeros((3, 5), np.int64)})
+        layer.apply(params, {"query": x, "key_padding_mask": np.zeros((3, 5), np.int32)})
     with pytest.raises(ValueError, match=r"key_padding_mask must be \(batch, keys\) = \(3, 5\), "
                                          r"got shape \(5, 3\): batch and keys look swapped"):
         layer.apply(params, {"query": x, "key_padding_mask": np.zeros((5, 3), bool)})

@@ -193,3 +193,15 @@ def test_unsupported_sequence_settings_are_named(torch, keras):
     with pytest.raises(ValueError, match="mask_zero=True: fnlearn's recurrent layers take their "
                                          "mask explicitly"):
         parity.from_keras(embedded)
+
+
+def test_port_rnn_experiment_trains_in_torch_then_in_fnlearn(torch, tmp_path, capsys):
+    from experiments import port_rnn
+
+    results = port_rnn.main(["--limit", "512", "--test-limit", "500", "--out", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert results["report_passed"] and "(ok: tolerance 1e-05" in out
+    # The import computes what PyTorch computed: the same predictions on the test images.
+    assert abs(results["imported_test_accuracy"] - results["torch_test_accuracy"]) < 1e-6
+    assert results["layers"][:3] == ["reshape", "lstm", "batch_norm"]
+    assert (tmp_path / "report.json").exists()

@@ -84,8 +84,10 @@ CASES = [
         6, 3, 8, time_major=True)), (4, 6), TORCH),
     case("vit_tokens", lambda: nn.serial(
         nn.Conv2D(6, 3, strides=3), nn.Reshape((4, 6)), nn.ClassToken(),
-        nn.PositionEmbedding(9), nn.TransformerEncoderLayer(6, 2, 8, norm_first=True),
-        nn.LayerNorm(convention="torch"), nn.TakeStep(0), nn.Dense(3)), (6, 6, 2)),
+        nn.PositionEmbedding(9), nn.TakeStep(0), nn.Dense(3)), (6, 6, 2)),
+    case("vit_head", lambda: nn.serial(
+        nn.TransformerEncoderLayer(6, 2, 8, norm_first=True), nn.LayerNorm(convention="torch"),
+        nn.TakeStep(0), nn.Dense(3)), (5, 6)),
     case("sinusoids_and_mean_pooling", lambda: nn.serial(
         nn.Dense(6), nn.SinusoidalPositionEmbedding(), nn.TransformerEncoderLayer(6, 2, 8),
         nn.GlobalAveragePooling1D(), nn.Dense(2)), (7, 3)),
