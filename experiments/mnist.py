@@ -40,6 +40,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--cache-dir", type=pathlib.Path, default=None,
                         help="where downloads are kept (default: $FNLEARN_DATA_CACHE, else "
                              "~/.cache/fnlearn)")
+    parser.add_argument("--no-verify", action="store_true",
+                        help="load IDX files that are not the official ones (your own data "
+                             "in the same format) without the digest check")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--verbose", type=int, choices=(0, 1, 2), default=2,
                         help="0 silent, 1 progress bar, 2 one line per epoch (default)")
@@ -66,7 +69,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     started = time.perf_counter()
     (x_train, y_train), (x_test, y_test) = data = LOADERS[args.dataset](
-        source=args.source, data_dir=args.data_dir, cache_dir=args.cache_dir)
+        source=args.source, data_dir=args.data_dir, cache_dir=args.cache_dir,
+        verify=not args.no_verify)
     print(f"{TITLES[args.dataset]} from {data.source}: {len(x_train)} train, "
           f"{len(x_test)} test images")
 
