@@ -78,7 +78,9 @@ def encode_value(value, layer_index: Callable[[Layer], int] | None = None):
     try:
         return _encode(value, layer_index)
     except _NotJson as error:
-        raise TypeError(f"{error.args[0]} cannot be written as JSON") from None
+        bad = error.args[0]
+        raise TypeError(f"a {type(bad).__name__} ({_short(bad)}) cannot be written as "
+                        "JSON") from None
 
 
 def _encode(value, layer_index):
@@ -99,7 +101,7 @@ def _encode(value, layer_index):
         return {"numpy": value.dtype.name, "value": value.item()}
     if type(value) is complex:
         return {"complex": [value.real, value.imag]}
-    raise _NotJson(f"a {type(value).__name__} ({_short(value)})")
+    raise _NotJson(value)
 
 
 def decode_value(data, layers: Sequence[Layer] = (), steps: Sequence[Node] = ()):
@@ -189,7 +191,8 @@ def _record(layer: Layer, where: str, visit, problems: list[str]) -> dict:
                     child, children.get(id(child), f"{where}/{child.name or child.kind}")))
             except _NotJson as error:
                 problems.append(f"{_describe(layer, where)}: argument {argument}="
-                                f"{_short(value)} is {error.args[0]}, which JSON cannot hold")
+                                f"{_short(value)} cannot be written as JSON (it holds a "
+                                f"{type(error.args[0]).__name__})")
         return {"constructor": constructor, **base, "arguments": encoded}
     spec = layer.config.get("graph")
     if isinstance(spec, Spec):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -281,7 +282,8 @@ def test_layers_it_cannot_rebuild_are_refused_each_named():
     message = str(caught.value)
     assert "net/mine_0 (mine) was not built by an fnlearn.nn constructor" in message
     assert "@fnlearn.nn.constructor" in message
-    assert "net/apply_0 (apply): argument fn=<ufunc 'tanh'> is a ufunc" in message
+    assert ("net/apply_0 (apply): argument fn=<ufunc 'tanh'> cannot be written as JSON (it "
+            "holds a ufunc)") in message
 
 
 def test_flax_modules_are_refused_naming_the_layer(need):
@@ -353,6 +355,8 @@ def test_paths_are_never_overwritten_unasked(tmp_path):
     model = nn.serial(nn.Dense(2))
     state = _state(model, (4,))
     fl.save_model(tmp_path / "m", model, state, "sgd")
+    with pytest.raises(TypeError, match="state must be a TrainState .*, got dict"):
+        fl.save_model(tmp_path / "p", model, state.params, "sgd")
     with pytest.raises(FileExistsError, match="m already exists: pass overwrite=True"):
         fl.save_model(tmp_path / "m", model, state, "sgd")
     bigger = nn.serial(nn.Dense(5))
@@ -364,3 +368,24 @@ def test_paths_are_never_overwritten_unasked(tmp_path):
     with pytest.raises(fl.SavingError, match="notes is not a saved model: it has no model.json"):
         fl.load_model(tmp_path / "notes")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m", "notes"]  # no staging left
+
+
+def _python_blocks(page: Path, section: str) -> list[str]:
+    text = page.read_text().split(f"## {section}\n", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```python\n(.*?)```", text, re.S)
+
+
+def test_the_docs_save_and_load_examples_run(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 8)).astype(np.float32)
+    scaled = nn.serial(nn.Dense(3), Scale(0.5, name="gain"))
+    namespace = {"model": nn.serial(nn.Dense(3, "softmax")), "x": x,
+                 "y": (x[:, 0] > 0).astype(np.int32), "Scale": Scale, "scaled": scaled,
+                 "scaled_state": _state(scaled, (8,))}
+    blocks = _python_blocks(ROOT / "docs" / "checkpoints.md", "Saving the whole model")
+    assert len(blocks) == 2
+    exec(blocks[0], namespace)  # noqa: S102
+    assert int(namespace["state"].epoch) == 3 and len(namespace["history"].epoch) == 1
+    exec(blocks[1], namespace)  # noqa: S102
+    assert namespace["model"] == scaled
