@@ -138,8 +138,8 @@ def _shared_graph():
 def test_a_graph_with_shared_layers_and_several_outputs_round_trips(tmp_path):
     model = _shared_graph()
     _, params, model_state = nn.init_with_state(model, 0, (8,))
-    state = fl.TrainState.create(params, (), model_state)
-    fl.save_model(tmp_path / "graph", model, state)
+    state = fl.TrainState.create(params, (), model_state)._replace(key=jax.random.key(3))
+    fl.save_model(tmp_path / "graph", model, state)  # a typed key is saved as its data
     loaded, restored = fl.load_model(tmp_path / "graph", optimizer=optax.identity())
     assert loaded == model
     spec = loaded.config["graph"]
@@ -147,6 +147,7 @@ def test_a_graph_with_shared_layers_and_several_outputs_round_trips(tmp_path):
     assert [s.label for s in spec.steps if s.op == "call"][:2] == ["shared", "shared (call 2)"]
     assert set(restored.params) == set(params) and "shared" in restored.params
     assert _outputs_equal(restored.params, params)
+    assert np.array_equal(restored.key, jax.random.key_data(state.key))
     x = np.linspace(-1, 1, 24, dtype=np.float32).reshape(3, 8)
     ours, _ = nn.apply(model, params, x, state=model_state)
     theirs, _ = nn.apply(loaded, restored.params, x, state=restored.model_state)
