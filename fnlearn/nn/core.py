@@ -186,11 +186,45 @@ def constructor(build: Callable[..., Layer]) -> Callable[..., Layer]:
             signature = None
         return replace(layer, name=name, signature=signature)
 
+    built.constructs = qualified  # what its layers' signatures name: how a saved model finds it
     built.__signature__ = parameters.replace(parameters=[
         *parameters.parameters.values(),
         inspect.Parameter("name", inspect.Parameter.KEYWORD_ONLY, default=None,
                           annotation="str | None")])
     return built
+
+
+def _thawed(frozen):
+    """The argument ``_frozen`` stands for (its type included)."""
+    if isinstance(frozen, Layer):
+        return frozen
+    if isinstance(frozen, _Same):
+        return frozen.value
+    kind, value = frozen
+    if kind == "list":
+        return [_thawed(v) for v in value]
+    if kind == "tuple":
+        return tuple(_thawed(v) for v in value)
+    if kind == "dict":
+        return {_thawed(k): _thawed(v) for k, v in value}
+    if kind in ("NoneType", "bool", "int", "float", "str", "complex"):
+        return value
+    return np.dtype(kind).type(value)  # a NumPy scalar, by its dtype's name
+
+
+def constructor_arguments(layer: Layer) -> tuple[str, dict[str, Any]] | None:
+    """What ``layer`` was built from: ``(constructor, {argument: value})``, or None.
+
+    ``constructor`` is the qualified name of the ``@constructor`` function (its
+    ``constructs`` attribute), the arguments are those it was called with, defaults
+    filled in (``name=`` is ``layer.name``). None for a layer no constructor built (a
+    ``Layer(init, apply, ...)`` of your own, a graph model) or built from arrays.
+    """
+    signature = layer.signature
+    if (not isinstance(signature, tuple) or len(signature) != 2
+            or not isinstance(signature[1], tuple) or signature[1][:1] != ("dict",)):
+        return None
+    return signature[0], _thawed(signature[1])
 
 
 def layer_names(layers: Sequence[Layer], where: str) -> list[str]:
