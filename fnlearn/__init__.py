@@ -3,7 +3,8 @@
 Modules, one concept each:
 
 - ``nn``: layers as ``(init, apply)`` pairs, ``serial``, ``summary``, Flax interop.
-- ``models``: the reference programs' models. ``losses``: losses and metrics.
+- ``models``: the reference programs' models. ``losses``: losses (and metric names);
+  ``metrics``: the ``Metric`` protocol, streaming precision, recall and AUC.
 - ``optim``: Optax presets matching Keras and PyTorch.
 - ``state``: ``TrainState``, ``History``. ``step``: the pure ``train_step`` and ``train_epoch``.
 - ``train`` (``fit``, ``evaluate``, ``predict``): thin host drivers over ``step``.
@@ -32,6 +33,7 @@ from fnlearn import (  # noqa: E402 - the version is readable even if an import 
     graph,
     logging,
     losses,
+    metrics,
     models,
     nn,
     optim,
@@ -100,6 +102,7 @@ __all__ = [
     "logging",
     "losses",
     "masked_mean",
+    "metrics",
     "models",
     "nn",
     "optim",

@@ -178,6 +178,9 @@ def _structure_mismatch(saved: list[list], expected: list[list]) -> str:
         lines.append(f"  optimizer state differs (trained with another optimizer?): "
                      f"{len(optimizer)} leaves, the first:")
         lines += [f"    {path}: {what}" for path, what in optimizer[:3]]
+        lines.append("  to continue training, build the template with the optimizer the run "
+                     "was trained with; for inference, fnlearn.restore_params(directory, model, "
+                     "input_shape) reads the parameters without any optimizer")
     return "\n".join(lines)
 
 

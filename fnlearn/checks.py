@@ -17,7 +17,7 @@ import optax
 
 from fnlearn import losses as losses_lib
 from fnlearn import optim
-from fnlearn.nn.core import Layer, apply
+from fnlearn.nn.core import Layer, apply, init_with_state
 from fnlearn.state import TrainState
 
 # A softmax row this sure of one class, for most of the first batch, before any
@@ -190,17 +190,104 @@ def _check_labels(loss_fn, y: np.ndarray, out) -> None:
     losses_lib.check_sparse_labels(y, (len(y), *out.shape[1:]), out.shape[-1])
 
 
+def _framework_of(model) -> str | None:
+    """``"linen"`` or ``"nnx"`` for a Flax module (read off its classes: Flax is not imported)."""
+    modules = [cls.__module__ for cls in type(model).__mro__]
+    if any(name.startswith("flax.linen") for name in modules):
+        return "linen"
+    if any(name.startswith("flax.nnx") for name in modules):
+        return "nnx"
+    return None
+
+
+def check_model(model, argument: str = "model") -> None:
+    """Refuses anything but a ``Layer``, naming the wrapper a Flax module needs."""
+    if isinstance(model, Layer):
+        return
+    framework = _framework_of(model)
+    if framework == "linen":
+        raise TypeError(f"{argument} is a flax.linen Module ({type(model).__name__}): wrap it "
+                        "with fnlearn.nn.from_flax(module, train_argument=...) to get a Layer")
+    if framework == "nnx":
+        raise TypeError(f"{argument} is a flax.nnx Module ({type(model).__name__}): wrap it "
+                        "with fnlearn.nn.from_nnx(module) to get a Layer")
+    raise TypeError(f"{argument} must be an fnlearn.nn Layer (e.g. fnlearn.nn.serial(...)), "
+                    f"got {type(model).__name__}")
+
+
+def missing_state_hint(model: Layer, model_state, input_shape) -> str | None:
+    """The fix when a model with state (BatchNorm statistics) is given none, else None.
+
+    Args:
+      model: the model.
+      model_state: the state given (None or ``{}`` when forgotten).
+      input_shape: per-example input shape (or a pytree of them), to learn abstractly
+        whether the model has any state at all (a Flax module may have none).
+    """
+    if not getattr(model, "stateful", False) or jax.tree.leaves(model_state or {}):
+        return None
+    try:
+        expected = jax.eval_shape(lambda k: init_with_state(model, k, input_shape)[2],
+                                  jax.random.key(0))
+    except Exception:  # noqa: BLE001 - a model that cannot init here is another error
+        return None
+    if not jax.tree.leaves(expected):
+        return None
+    return ("the model has non-trainable state (BatchNorm statistics) but model_state is "
+            "empty: pass model_state=state.model_state")
+
+
+def channels_last_hint(shape, works) -> str:
+    """A sentence for NCHW images given to an NHWC model, or ``""``.
+
+    Args:
+      shape: the per-example input shape that failed.
+      works: ``works(shape) -> bool``, whether the model takes that per-example shape.
+    """
+    if not (isinstance(shape, tuple) and len(shape) == 3 and shape[0] < min(shape[1:])):
+        return ""
+    try:
+        transposed_works = works((shape[1], shape[2], shape[0]))
+    except Exception:  # noqa: BLE001 - any failure means the transposed shape does not fit
+        return ""
+    if not transposed_works:
+        return ""
+    return (f"; the model takes {(shape[1], shape[2], shape[0])}, the same images channels "
+            "last: fnlearn takes NHWC (channels last); use x.transpose(0, 2, 3, 1)")
+
+
+def cannot_initialize(model: Layer, shape, error: Exception) -> ValueError:
+    """The error for a model that cannot be initialized for per-example inputs ``shape``."""
+    def works(candidate):
+        jax.eval_shape(lambda k: init_with_state(model, k, candidate), jax.random.key(0))
+        return True
+
+    return ValueError(f"model cannot be initialized for inputs of per-example shape {shape}"
+                      f"{channels_last_hint(shape, works)}: {error}")
+
+
 def model_output(model: Layer, params, model_state, x):
     """The model's output shapes for one example of ``x``: shape errors surface here, early."""
+    check_model(model)
     check_params(params)
-    try:
+
+    def output(example):
         return jax.eval_shape(lambda p, s, xb: apply(model, p, xb, state=s)[0],
-                              params, model_state, example_of(x))
+                              params, model_state, example)
+
+    try:
+        return output(example_of(x))
     except Exception as error:  # noqa: BLE001 - re-raised with the shapes that caused it
+        shape = per_example_shape(x)
+        hint = missing_state_hint(model, model_state, shape)
+        if hint is not None:
+            raise ValueError(hint) from error
         dtypes = jax.tree.map(lambda a: str(a.dtype), x)
+        nchw = channels_last_hint(shape, lambda s: bool(output(
+            jax.ShapeDtypeStruct((1, *s), x.dtype))))
         raise ValueError(
-            f"model cannot be applied to inputs of per-example shape {per_example_shape(x)} "
-            f"(dtype {dtypes}): {error}") from error
+            f"model cannot be applied to inputs of per-example shape {shape} "
+            f"(dtype {dtypes}){nchw}: {error}") from error
 
 
 def _where(output) -> str:
@@ -249,10 +336,13 @@ def warn_if_not_probabilities(model: Layer, params, model_state, x: np.ndarray,
 
     Looks once at the outputs for the first 32 examples, on the host, before training:
     outputs that are not probabilities, or probabilities that already put everything
-    on one class for inputs of large magnitude (raw 0..255 pixels through a softmax).
+    on one class for inputs of large magnitude (raw 0..255 pixels through a softmax);
+    and, for ``nll_loss`` (which takes log-probabilities), outputs that are probabilities.
     """
     base = getattr(loss_fn, "func", loss_fn)
-    if base not in _PROBABILITY_LOSSES or getattr(loss_fn, "keywords", {}).get("from_logits"):
+    from_logits = getattr(loss_fn, "keywords", {}).get("from_logits")
+    checked = (*_PROBABILITY_LOSSES, losses_lib.nll_loss, losses_lib.binary_crossentropy)
+    if base not in checked or from_logits:
         return
     sample = x[:32]
     out = np.asarray(_outputs(params, model_state, jnp.asarray(sample), model=model))
@@ -260,6 +350,26 @@ def warn_if_not_probabilities(model: Layer, params, model_state, x: np.ndarray,
         return
     in_range = bool(np.all((out >= 0) & (out <= 1)))
     sums_to_one = bool(np.allclose(out.sum(-1), 1.0, atol=1e-3))
+    if base is losses_lib.nll_loss:
+        if in_range and sums_to_one:
+            # -p[label] is minimized by p = 1 too, so this trains, silently, to a negative
+            # loss with gradients that are not the cross-entropy's.
+            warnings.warn(
+                "nll_loss expects log-probabilities, but the model's outputs for the first batch "
+                "are probabilities (in [0, 1], rows summing to 1): end the model with "
+                "fnlearn.nn.LogSoftmax() (torch.nn.LogSoftmax) instead of a softmax, or use "
+                "loss='sparse_categorical_crossentropy'", UserWarning, stacklevel=3)
+        return
+    if base is losses_lib.binary_crossentropy:
+        if not in_range:
+            # Clipped to [1e-7, 1 - 1e-7], outputs outside [0, 1] get no gradient at all.
+            warnings.warn(
+                f"binary_crossentropy expects probabilities, but the model's outputs for the "
+                f"first batch range over [{out.min():.3g}, {out.max():.3g}]: end the model with "
+                "a sigmoid (Dense(1, activation='sigmoid')) or pass functools.partial("
+                "fnlearn.losses.binary_crossentropy, from_logits=True)", UserWarning,
+                stacklevel=3)
+        return
     if not (in_range and sums_to_one):
         warnings.warn(
             f"the loss expects probabilities, but the model's outputs for the first batch range "

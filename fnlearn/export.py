@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fnlearn.checks import check_params
+from fnlearn.checks import check_model, check_params, missing_state_hint
 from fnlearn.nn.core import Layer, apply
 
 FORMAT = "fnlearn-export"
@@ -50,6 +50,15 @@ def _inference_function(model: Layer, params, model_state=None, dtype=None,
     # off k), so the answers are those of the integer export bit for bit.
     return lambda x: apply(model, params, jnp.round(x * top).astype(dtype),
                            state=model_state)[0]
+
+
+def _check_model_and_state(model: Layer, params, model_state, input_shape) -> None:
+    check_model(model)
+    check_params(params)
+    # Without its statistics a BatchNorm model fails deep inside tracing (KeyError: 'mean').
+    hint = missing_state_hint(model, model_state, tuple(int(d) for d in input_shape))
+    if hint is not None:
+        raise ValueError(f"cannot export the model: {hint}")
 
 
 def _check_float_inputs(float_inputs: bool, dtype) -> None:
@@ -99,7 +108,7 @@ def export_model(model: Layer, params, input_shape: Sequence[int], dtype, path: 
       ValueError: the model cannot be traced for this input, or ``float_inputs`` with a
         dtype that is not an unsigned integer.
     """
-    check_params(params)
+    _check_model_and_state(model, params, model_state, input_shape)
     _check_float_inputs(float_inputs, dtype)
     spec = _batch_polymorphic_spec(input_shape, _signature_dtype(dtype, float_inputs))
     function = _inference_function(model, params, model_state, dtype, float_inputs)
@@ -212,10 +221,11 @@ def export_saved_model(model: Layer, params, input_shape: Sequence[int], dtype,
     Returns:
       The directory written.
     """
+    _check_model_and_state(model, params, model_state, input_shape)
+    _check_float_inputs(float_inputs, dtype)
     import tensorflow as tf
     from jax.experimental import jax2tf
 
-    _check_float_inputs(float_inputs, dtype)
     polymorphic = "(b, " + ", ".join(str(int(d)) for d in input_shape) + ")"
     # Inference only: no gradient function to save, so none to warn about on load.
     converted = jax2tf.convert(_inference_function(model, params, model_state, dtype,

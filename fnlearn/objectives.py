@@ -146,6 +146,11 @@ def supervised(model: Layer, loss, optimizer=None, metrics=(), loss_weights=None
     multi = isinstance(outputs, dict | list | tuple) and not _is_shape(outputs)
     keys = _keys(outputs) if multi else (None,)
     losses = _by_output(loss, keys, "loss")
+    missing = [k for k in keys if k not in losses]
+    if missing:
+        raise ValueError(f"loss has no entry for the model's outputs {missing} (its outputs are "
+                         f"{list(keys)}): give each output a loss, or None to leave it "
+                         "untrained")
     weights = _by_output(loss_weights if loss_weights is not None else 1.0, keys, "loss_weights")
     loss_triples = tuple((k, losses_lib.get_loss(losses[k]), float(weights.get(k, 1.0)))
                          for k in keys if losses.get(k) is not None)

@@ -1,6 +1,8 @@
 """Optimizer presets that reproduce Keras's and PyTorch's defaults with Optax.
 
-Optax is the optimizer library; these functions only choose its arguments.
+Optax is the optimizer library; these functions only choose its arguments. A preset
+called again with the same arguments returns the same optimizer object, so a second
+``fit`` with ``keras_adam()`` reuses the programs the first one compiled.
 
 ==================  =================================  ==============================
 preset              matches                            Optax
@@ -42,6 +44,7 @@ import optax
 EpochSchedule = Callable[[jax.Array], jax.Array]
 
 
+@functools.cache
 def keras_adam(
     learning_rate: float | optax.Schedule = 1e-3, beta_1: float = 0.9, beta_2: float = 0.999,
     epsilon: float = 1e-7
@@ -64,6 +67,7 @@ def keras_adam(
         learning_rate=learning_rate, b1=beta_1, b2=beta_2, eps=keras_epsilon)
 
 
+@functools.cache
 def torch_adam(
     lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8
 ) -> optax.GradientTransformation:
@@ -71,17 +75,20 @@ def torch_adam(
     return optax.adam(lr, b1=betas[0], b2=betas[1], eps=eps)
 
 
+@functools.cache
 def torch_sgd(lr: float, momentum: float = 0.0) -> optax.GradientTransformation:
     """``torch.optim.SGD(params, lr, momentum)``: ``p -= lr * g`` (plus heavy-ball momentum)."""
     return optax.sgd(lr, momentum=momentum or None)
 
 
+@functools.cache
 def keras_sgd(learning_rate: float = 0.01, momentum: float = 0.0) -> optax.GradientTransformation:
     """``keras.optimizers.SGD`` with its defaults (learning rate 0.01, kept in the state)."""
     return optax.inject_hyperparams(optax.sgd)(learning_rate=learning_rate,
                                                momentum=momentum or None)
 
 
+@functools.cache
 def keras_rmsprop(learning_rate: float = 1e-3, rho: float = 0.9,
                   epsilon: float = 1e-7) -> optax.GradientTransformation:
     """``keras.optimizers.RMSprop`` with its defaults: ``p -= lr * g / (sqrt(ms) + eps)``."""
@@ -89,6 +96,7 @@ def keras_rmsprop(learning_rate: float = 1e-3, rho: float = 0.9,
         learning_rate=learning_rate, decay=rho, eps=epsilon, eps_in_sqrt=False)
 
 
+@functools.cache
 def step_lr(learning_rate: float, step_size: int = 1, gamma: float = 0.1) -> EpochSchedule:
     """PyTorch's ``StepLR`` stepped once per epoch: ``lr * gamma ** (epoch // step_size)``.
 
@@ -193,6 +201,7 @@ def with_learning_rate(opt_state, value: float):
     return jax.tree.map(set_rate, opt_state, is_leaf=_injected)
 
 
+@functools.cache
 def torch_adadelta(lr: float = 1.0, rho: float = 0.9, eps: float = 1e-6,
                    weight_decay: float = 0.0,
                    schedule: EpochSchedule | None = None) -> optax.GradientTransformationExtraArgs:

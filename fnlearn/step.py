@@ -98,13 +98,32 @@ def apply_gradients(state: TrainState, grads, optimizer: optax.GradientTransform
                           model_state=state.model_state if model_state is None else model_state)
 
 
+def _frozen_shape(shape):
+    """A shape tree (a tuple of ints, or a dict or tuple of them) as a hashable value."""
+    if isinstance(shape, dict):
+        return "dict", tuple((k, _frozen_shape(v)) for k, v in shape.items())
+    if isinstance(shape, tuple) and shape and all(isinstance(s, tuple | dict) for s in shape):
+        return "tuple", tuple(_frozen_shape(s) for s in shape)
+    return "shape", shape
+
+
+def _thawed_shape(frozen):
+    kind, value = frozen
+    if kind == "dict":
+        return {k: _thawed_shape(v) for k, v in value}
+    if kind == "tuple":
+        return tuple(_thawed_shape(v) for v in value)
+    return value
+
+
 @partial(jax.jit, static_argnames=("model", "optimizer", "input_shape"))
 def _init_state(seed, params, model_state, *, model, optimizer, input_shape):
     # One compiled program instead of a dispatch (and a small compilation) per
     # random draw and optimizer buffer. ``seed``: an int32 scalar or raw key data.
+    # ``input_shape`` is hashable (``_frozen_shape``): a dict of shapes is not.
     key = jax.random.key(seed) if seed.ndim == 0 else jax.random.wrap_key_data(seed)
     init_key, run_key = jax.random.split(key)
-    _, fresh_params, fresh_state = init_with_state(model, init_key, input_shape)
+    _, fresh_params, fresh_state = init_with_state(model, init_key, _thawed_shape(input_shape))
     params = fresh_params if params is None else params
     model_state = fresh_state if model_state is None else model_state
     return TrainState(params, optimizer.init(params), model_state, jnp.int32(0), jnp.int32(0),
@@ -146,7 +165,7 @@ def init_state(model: Layer, optimizer: optax.GradientTransformation | str,
     else:
         seed = np.int32(checks.check_seed(seed))
     return _init_state(seed, params, model_state, model=model, optimizer=optimizer,
-                       input_shape=checks.shape_tree(input_shape))
+                       input_shape=_frozen_shape(checks.shape_tree(input_shape)))
 
 
 def train_step(state: TrainState, x, y, *, model: Layer, loss: str | Callable | dict,

@@ -1,6 +1,14 @@
 """Shared test settings: no test may reach the internet, the user's data cache or their
-compilation cache."""
+compilation cache; and what a test needs from outside the package, skipped or required.
 
+A test that needs PyTorch or TensorFlow (the parity extra) gets it from ``need``; one that
+needs the full MNIST or Fashion-MNIST from the ``full_mnist`` or ``full_fashion_mnist``
+fixtures. Each skips with its reason, and fails instead when CI asks for it:
+``FNLEARN_REQUIRE_PARITY=1`` for the frameworks, ``FNLEARN_REQUIRE_DATA=1`` for the data
+(``.ci/run`` sets both), so a broken install cannot pass as "skipped".
+"""
+
+import importlib
 import os
 import pathlib
 import tempfile
@@ -8,6 +16,54 @@ import tempfile
 import pytest
 
 from fnlearn.data import download
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+# Where this project's machines keep the full datasets: beside the project.
+SHARED_DATA = ROOT.parent / "shared" / "data"
+IDX_NAMES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+             "t10k-labels-idx1-ubyte")
+
+
+def missing(flag: str, reason: str):
+    """Skips the test, or fails it when the environment variable ``flag`` is ``1``."""
+    if os.environ.get(flag) == "1":
+        pytest.fail(f"{flag}=1 but {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def need():
+    """``need(module_name)``: the module, or a skip (a failure with FNLEARN_REQUIRE_PARITY=1)."""
+
+    def load(module_name: str):
+        try:
+            return importlib.import_module(module_name)
+        except ImportError as error:
+            missing("FNLEARN_REQUIRE_PARITY", f"{module_name} is not importable ({error}); "
+                                              "pip install -e '.[parity]'")
+
+    return load
+
+
+def _idx_folder(folder: pathlib.Path, what: str) -> pathlib.Path:
+    found = [name for name in IDX_NAMES
+             if (folder / name).is_file() or (folder / f"{name}.gz").is_file()]
+    if len(found) < len(IDX_NAMES):
+        missing("FNLEARN_REQUIRE_DATA", f"the full {what} is not at {folder}")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def full_mnist() -> pathlib.Path:
+    """The folder of the full MNIST: ``$FNLEARN_DATA_DIR``, else ``../shared/data/mnist``."""
+    return _idx_folder(pathlib.Path(os.environ.get("FNLEARN_DATA_DIR")
+                                    or SHARED_DATA / "mnist"), "MNIST")
+
+
+@pytest.fixture(scope="session")
+def full_fashion_mnist() -> pathlib.Path:
+    """The folder of the full Fashion-MNIST: ``../shared/data/fashion-mnist``."""
+    return _idx_folder(SHARED_DATA / "fashion-mnist", "Fashion-MNIST")
 
 
 @pytest.fixture(autouse=True)
@@ -28,7 +84,7 @@ def pytest_configure(config):
     tests are about; each run starts empty (subprocesses inherit the folder). Subprocesses
     also import this checkout's fnlearn, whatever else the environment has installed.
     """
-    root = str(pathlib.Path(__file__).resolve().parents[1])
+    root = str(ROOT)
     os.environ["PYTHONPATH"] = os.pathsep.join(
         [root, *filter(None, [os.environ.get("PYTHONPATH")])])
     if "FNLEARN_CACHE_DIR" not in os.environ and "JAX_COMPILATION_CACHE_DIR" not in os.environ:

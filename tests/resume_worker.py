@@ -27,6 +27,17 @@ class SlowEpochs(fnlearn.Callback):
         time.sleep(self.seconds)
 
 
+class CountSteps(fnlearn.Callback):
+    """The steps and epochs this process runs: from the state it starts at (a restored one
+    when resuming, as ModelCheckpoint before it hands it on) to the last."""
+
+    def on_train_begin(self, state, history, resume):
+        self.first_step, self.first_epoch = int(state.step), int(state.epoch)
+
+    def on_train_end(self, state, history):
+        self.last_step, self.last_epoch = int(state.step), int(state.epoch)
+
+
 def synthetic_data(n: int = 512, features: int = 8, classes: int = 3, seed: int = 0):
     """Gaussian inputs labelled by a fixed random linear map."""
     rng = np.random.default_rng(seed)
@@ -54,9 +65,11 @@ def main() -> None:
         validation_data=(x[448:], y[448:]), seed=7, verbose=0, resume=args.resume,
         callbacks=[ModelCheckpoint(args.directory, keep=2),
                    EarlyStopping(patience=100),
-                   SlowEpochs(args.epoch_sleep)])
+                   SlowEpochs(args.epoch_sleep), counted := CountSteps()])
     leaves = jax.tree_util.tree_flatten_with_path(state)[0]
     np.savez(args.out, **{jax.tree_util.keystr(path): np.asarray(leaf) for path, leaf in leaves})
+    print(f"this process: epochs {counted.first_epoch}..{counted.last_epoch}, steps "
+          f"{counted.first_step}..{counted.last_step}", flush=True)
     print(f"done: epoch {int(state.epoch)}, step {int(state.step)}, "
           f"val_loss {history.history['val_loss'][-1]:.6f}", flush=True)
 

@@ -130,9 +130,9 @@ def test_convnet_table_gives_medians_spreads_and_paired_ratios_to_pytorch():
 
 @pytest.mark.parametrize("script", ["fnlearn_convnet.py", "torch_convnet.py",
                                     "jax_convnet.py"])
-def test_convnet_contenders_report_their_throughput(script, tmp_path):
+def test_convnet_contenders_report_their_throughput(script, tmp_path, need):
     if script == "torch_convnet.py":
-        pytest.importorskip("torch")
+        need("torch")
     command = [sys.executable, str(EXPERIMENTS / "contenders" / script), "--recipe", "torch",
                "--source", "sample", "--steps", "2", "--epochs", "2"]
     env = {**os.environ, "PYTHONPATH": str(EXPERIMENTS.parent)}

@@ -118,9 +118,14 @@ def test_checkpoint_of_another_optimizer_is_summarized(tmp_path):
                                               r"optimizer\?\): \d+ leaves, the first:") as error:
         restore_checkpoint(tmp_path, rmsprop)
     message = str(error.value)
-    # One header, the summary and three leaves: not one line per optimizer leaf.
-    assert message.count("\n") == 4 and len(message) < 600, message
+    # One header, the summary, three leaves and the fix: not one line per optimizer leaf.
+    assert message.count("\n") == 5 and len(message) < 800, message
     assert ".params" not in message
+    assert message.endswith("for inference, fnlearn.restore_params(directory, model, "
+                            "input_shape) reads the parameters without any optimizer")
+    # The fix it names works: the parameters come back without the optimizer that trained them.
+    params, _ = fnlearn.restore_params(tmp_path, model, (4,))
+    assert leaves_equal(params, small_state().params)
 
 
 def test_restore_params_reads_the_parameters_without_the_optimizer(tmp_path):
@@ -232,6 +237,11 @@ def test_run_killed_at_a_random_point_resumes_bit_identically(tmp_path):
 
     log = _run_worker(str(killed_dir), str(killed_out), "--epochs", epochs, "--resume")
     assert f"resuming from {killed_dir / str(at_kill[-1])}" in log
+    # The resumed process trained only what was left: a resume that silently started
+    # over would run all 8 epochs (112 steps) here and could still end bit-identical.
+    steps_per_epoch = 448 // 32
+    assert (f"this process: epochs {at_kill[-1]}..{epochs}, steps "
+            f"{at_kill[-1] * steps_per_epoch}..{int(epochs) * steps_per_epoch}") in log, log
 
     full, resumed = np.load(tmp_path / "full.npz"), np.load(killed_out)
     assert sorted(full) == sorted(resumed)
@@ -290,3 +300,29 @@ def test_process_killed_mid_save_leaves_the_previous_checkpoint_intact(tmp_path)
     print(f"\n{attempts} kills, {torn} while a save's temporary directory existed; "
           "the latest committed checkpoint restored whole each time")
     assert torn >= 1, f"none of {attempts} kills landed during a save"
+
+
+def _docs_example(section: str) -> str:
+    """The first Python block under ``## <section>`` in docs/checkpoints.md."""
+    text = (ROOT / "docs" / "checkpoints.md").read_text()
+    body = text.split(f"## {section}\n", 1)[1]
+    return body.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+def test_the_docs_inference_examples_run_on_a_batch_norm_model(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    model = nn.serial(nn.Normalize(0, 255), nn.Reshape((28, 28, 1)), nn.Conv2D(4, (3, 3)),
+                      nn.BatchNorm(), nn.ReLU(), nn.Flatten(), nn.Dense(10, "softmax"))
+    images = np.random.default_rng(0).integers(0, 256, (48, 28, 28), dtype=np.uint8)
+    state, _ = fnlearn.fit(model, images, np.arange(48) % 10,
+                           loss="sparse_categorical_crossentropy", optimizer="adam",
+                           batch_size=16, verbose=0,
+                           callbacks=[fnlearn.ModelCheckpoint("runs/mnist", verbose=0)])
+    expected = fnlearn.predict(model, state.params, images, model_state=state.model_state)
+
+    restoring = {"model": model, "images": images}
+    exec(_docs_example("Restoring for inference"), restoring)
+    np.testing.assert_array_equal(restoring["probabilities"], expected)
+    exporting = {"model": model, "images": images, "state": state, "np": np}
+    exec(_docs_example("Export for serving"), exporting)
+    np.testing.assert_array_equal(exporting["probabilities"], expected)

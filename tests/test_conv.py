@@ -76,6 +76,53 @@ def test_conv_config_records_explicit_padding_for_converters():
     assert nn.Conv2D(8, 3).config["kernel_size"] == (3, 3)
 
 
+@pytest.mark.parametrize("activation", ["relu", "tanh", None])
+def test_conv2d_activation_and_bias_match_lax_with_gradients(activation):
+    layer = nn.Conv2D(6, 3, padding="same", activation=activation, init="torch")
+    _, params = layer.init(jax.random.key(0), (9, 8, 5))
+    x = jax.random.normal(jax.random.key(1), (3, 9, 8, 5))
+    act = {"relu": jax.nn.relu, "tanh": jnp.tanh, None: lambda y: y}[activation]
+
+    def reference(params, x):
+        y = jax.lax.conv_general_dilated(x, params["kernel"], (1, 1), "SAME",
+                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        return act(y + params["bias"])
+
+    def loss(apply, params, x):
+        return jnp.sum(jnp.sin(apply(params, x)))
+
+    got = jax.value_and_grad(loss, argnums=(1, 2))(jax.jit(layer.apply), params, x)
+    want = jax.value_and_grad(loss, argnums=(1, 2))(reference, params, x)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("channels, filters, groups", [(8, 6, 2), (6, 12, 6)])
+def test_grouped_conv2d_matches_lax_feature_group_count(channels, filters, groups):
+    layer = nn.Conv2D(filters, 3, padding="same", groups=groups, init="torch")
+    shape, params = layer.init(jax.random.key(0), (9, 8, channels))
+    # Keras and PyTorch store in / groups input channels per kernel: torch's parameter count.
+    assert params["kernel"].shape == (3, 3, channels // groups, filters)
+    assert nn.count_params(params) == 9 * channels // groups * filters + filters
+    assert layer.config["groups"] == groups
+    x = jax.random.normal(jax.random.key(1), (2, 9, 8, channels))
+    want = jax.lax.conv_general_dilated(
+        x, params["kernel"], (1, 1), "SAME", feature_group_count=groups,
+        dimension_numbers=("NHWC", "HWIO", "NHWC")) + params["bias"]
+    got = layer.apply(params, x)
+    assert got.shape == (2, *shape) == (2, 9, 8, filters)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)
+
+
+def test_grouped_conv2d_refuses_channels_that_do_not_split():
+    with pytest.raises(ValueError, match="filters 6 must be a multiple of groups 4"):
+        nn.Conv2D(6, 3, groups=4)
+    with pytest.raises(ValueError, match="groups must be a positive int"):
+        nn.Conv2D(6, 3, groups=0)
+    with pytest.raises(ValueError, match="input channels 5 .* multiple of groups 2"):
+        nn.Conv2D(6, 3, groups=2).init(jax.random.key(0), (8, 8, 5))
+
+
 def test_torch_init_bounds_are_inverse_sqrt_fan_in_for_weight_and_bias():
     _, params = nn.Conv2D(64, 3, init="torch").init(jax.random.key(3), (12, 12, 32))
     bound = 1 / math.sqrt(32 * 3 * 3)

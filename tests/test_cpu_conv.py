@@ -67,6 +67,94 @@ def test_conv2d_matches_lax(shape, padding, strides, dilation):
     )
 
 
+# The im2col forward (4 or more input channels): every padding kind, strides, dilations and
+# kernels from 2x3 to 5x5. A forward that ignored strides, dilation or padding fails here.
+WIDE_CASES = [
+    ((2, 9, 8, 5, 6, 3, 3), "valid", (1, 1), (1, 1)),
+    ((2, 9, 8, 5, 6, 3, 3), "same", (2, 1), (2, 2)),
+    ((2, 9, 8, 5, 6, 3, 2), ((1, 2), (0, 1)), (1, 2), (1, 2)),
+    ((3, 11, 10, 4, 3, 5, 5), "same", (2, 2), (2, 1)),
+    ((1, 12, 12, 8, 4, 2, 3), ((0, 3), (2, 0)), (3, 1), (3, 2)),
+]
+
+
+@pytest.mark.parametrize("shape, padding, strides, dilation", WIDE_CASES)
+def test_conv2d_im2col_forward_matches_lax(shape, padding, strides, dilation):
+    n, h, w, c, o, kh, kw = shape
+    assert c > cpu_conv.TAPWISE_CHANNELS
+    assert_same_conv(
+        random(0, (n, h, w, c)), random(1, (kh, kw, c, o)),
+        strides=strides, padding=padding, dilation=dilation,
+    )
+
+
+def test_conv2d_im2col_forward_in_chunks_with_a_leftover(monkeypatch):
+    x, kernel = random(0, (7, 9, 8, 5)), random(1, (3, 3, 5, 4))
+    options = {"strides": (1, 2), "padding": ((2, 1), (1, 1)), "dilation": (2, 1)}
+    geom = cpu_conv.geometry((9, 8), (3, 3), **options)
+    patch_bytes = 4 * 8 * 4 * 3 * 3 * 5  # one image's patches: 8x4 positions x 45 values
+    monkeypatch.setattr(cpu_conv, "CHUNK_BYTES", 3 * patch_bytes)
+    assert cpu_conv._chunk(x, kernel, geom) == 3  # 7 = 2 chunks of 3 + 1 left over
+    assert_same_conv(x, kernel, **options)
+
+
+# (shape as above, with in and out channels multiples of groups), groups, padding, strides,
+# dilation: 4 inputs per group (a product per group), 2 per group (one tapwise sum), and a
+# depthwise convolution with 2 outputs per channel.
+GROUPED_CASES = [
+    ((2, 9, 8, 8, 6, 3, 3), 2, "same", (1, 1), (1, 1)),
+    ((2, 9, 8, 8, 4, 3, 2), 4, ((1, 2), (0, 1)), (2, 1), (1, 2)),
+    ((3, 9, 8, 6, 12, 3, 3), 6, "same", (1, 2), (2, 2)),
+]
+
+
+@pytest.mark.parametrize("shape, groups, padding, strides, dilation", GROUPED_CASES)
+def test_grouped_conv2d_matches_lax_feature_group_count(shape, groups, padding, strides,
+                                                        dilation):
+    n, h, w, c, o, kh, kw = shape
+    x, kernel = random(0, (n, h, w, c)), random(1, (kh, kw, c // groups, o))
+    options = {"strides": strides, "padding": padding, "dilation": dilation, "groups": groups}
+    assert_same_conv(x, kernel, **options)
+    text = jax.jit(lambda x, k: cpu_conv.conv2d(x, k, **options)).lower(x, kernel).as_text()
+    assert "stablehlo.convolution" not in text
+
+
+def assert_same_conv_bias_relu(x, kernel, bias, **options):
+    """``conv2d(..., bias, activation="relu")`` against ``relu(conv2d_lax + bias)``, with grads."""
+    def reference(x, k, b):
+        return jax.nn.relu(cpu_conv.conv2d_lax(x, k, **options) + b)
+
+    ref, ref_vjp = jax.vjp(reference, x, kernel, bias)
+    cotangent = random(9, ref.shape)
+
+    @jax.jit
+    def ours(x, kernel, bias, cotangent):
+        y, vjp = jax.vjp(lambda x, k, b: cpu_conv.conv2d(
+            x, k, bias=b, activation="relu", **options), x, kernel, bias)
+        return y, *vjp(cotangent)
+
+    got = ours(x, kernel, bias, cotangent)
+    assert got[0].shape == ref.shape
+    assert 0.2 < float(jnp.mean(ref > 0)) < 0.8  # the ReLU cuts a good share of outputs
+    for value, want in zip(got, (ref, *ref_vjp(cotangent))):
+        assert_close(value, want)
+
+
+@pytest.mark.parametrize("channels, groups", [(2, 1), (5, 1), (8, 2), (6, 6)])
+def test_bias_and_relu_inside_the_convolution_match_lax(channels, groups):
+    # Tapwise, im2col, grouped im2col and depthwise, with stride, padding and dilation.
+    x, kernel = random(0, (7, 9, 8, channels)), random(1, (3, 3, channels // groups, 6))
+    assert_same_conv_bias_relu(x, kernel, random(2, (6,)), strides=(1, 2), padding="same",
+                               dilation=(2, 1), groups=groups)
+
+
+def test_bias_and_relu_in_chunks_with_a_leftover(monkeypatch):
+    x, kernel = random(0, (7, 8, 8, 5)), random(1, (3, 3, 5, 4))
+    monkeypatch.setattr(cpu_conv, "CHUNK_BYTES", 3 * 4 * 8 * 8 * 3 * 3 * 5)
+    assert cpu_conv._chunk(x, kernel, cpu_conv.geometry((8, 8), (3, 3), 1, "same")) == 3
+    assert_same_conv_bias_relu(x, kernel, random(2, (4,)), padding="same")
+
+
 def test_conv2d_in_chunks_with_leftover_images(monkeypatch):
     x, kernel = random(0, (7, 6, 6, 3)), random(1, (3, 3, 3, 4))
     patch_bytes = 4 * 4 * 3 * 3 * 3 * 4  # one image's patches: 16 positions x 27 values
@@ -131,6 +219,11 @@ def test_conv2d_exports_both_branches_for_several_platforms():
         ((1, 8, 8, 3), (3, 3, 3, 4), {"padding": "full"}, "padding must be"),
         ((1, 8, 8, 3), (3, 3, 3, 4), {"padding": ((1, -1), (0, 0))}, "padding must be"),
         ((1, 2, 8, 3), (3, 3, 3, 4), {}, "does not fit"),
+        ((1, 8, 8, 4), (3, 3, 2, 4), {"groups": 0}, "groups must be"),
+        ((1, 8, 8, 6), (3, 3, 2, 4), {"groups": 2}, "input channels 2 x groups 2"),
+        ((1, 8, 8, 4), (3, 3, 2, 3), {"groups": 2}, "not a multiple of groups"),
+        ((1, 8, 8, 3), (3, 3, 3, 4), {"bias": jnp.zeros(3)}, r"bias must have shape \(4,\)"),
+        ((1, 8, 8, 3), (3, 3, 3, 4), {"activation": "tanh"}, "activation must be"),
     ],
 )
 def test_conv2d_rejects_bad_arguments(x_shape, kernel_shape, options, message):

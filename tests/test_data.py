@@ -1,6 +1,7 @@
 """Tests for fnlearn.data: IDX reading and its errors, the tfds adapter, the sample, full MNIST."""
 
 import gzip
+import hashlib
 import pickle
 import time
 from pathlib import Path
@@ -10,8 +11,6 @@ import pytest
 
 from fnlearn import data
 from fnlearn.data import datasets
-
-FULL_MNIST = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "mnist"
 
 IMAGES = {"train": "train-images-idx3-ubyte", "test": "t10k-images-idx3-ubyte"}
 LABELS = {"train": "train-labels-idx1-ubyte", "test": "t10k-labels-idx1-ubyte"}
@@ -48,7 +47,8 @@ def write_folder(folder: Path, arrays: dict[str, np.ndarray], gz: bool) -> Path:
 @pytest.fixture
 def offline(monkeypatch, tmp_path):
     """No FNLEARN_DATA_DIR, an empty tfds data dir, and no download mirror (see conftest.py)."""
-    tfds = pytest.importorskip("tensorflow_datasets")
+    import tensorflow_datasets as tfds
+
     monkeypatch.delenv(data.DATA_DIR_ENV, raising=False)
     monkeypatch.setattr(tfds.core.constants, "DATA_DIR", str(tmp_path / "tfds"))
     monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds"))
@@ -102,14 +102,46 @@ def test_verify_rejects_files_that_are_not_the_official_mnist(tmp_path):
         data.load_mnist("idx", folder)
 
 
-def test_fashion_mnist_verify_checks_gz_files_against_the_official_archives(tmp_path):
+@pytest.mark.parametrize("gz", [True, False], ids=["gz", "raw"])
+def test_fashion_mnist_verify_checks_the_contents_against_the_official_files(tmp_path, gz):
     arrays = small_mnist()
-    gz_folder = write_folder(tmp_path / "gz", arrays, gz=True)
-    with pytest.raises(data.DataError, match=r"train-images-idx3-ubyte\.gz: sha256.*official \.gz"):
-        data.load_fashion_mnist("idx", gz_folder)
-    # Only the archives' hashes are recorded, so uncompressed files get the structural checks.
-    raw = data.load_fashion_mnist("idx", write_folder(tmp_path / "raw", arrays, gz=False))
-    np.testing.assert_array_equal(raw.test.labels, arrays["test_labels"])
+    folder = write_folder(tmp_path, arrays, gz=gz)
+    name = "train-images-idx3-ubyte" + (".gz" if gz else "")
+    with pytest.raises(data.DataError, match=rf"{name}: sha256 is not the official Fashion-MNIST "
+                                             r"train-images-idx3-ubyte's \(c59f468a.* for the "
+                                             r"uncompressed data.*\): its contents differ from the "
+                                             r"official files. Pass verify=False to load it "
+                                             r"anyway") as error:
+        data.load_fashion_mnist("idx", folder)
+    assert "corrupt" not in str(error.value)
+    loaded = data.load_fashion_mnist("idx", folder, verify=False)
+    np.testing.assert_array_equal(loaded.test.labels, arrays["test_labels"])
+
+
+def test_debian_fashion_mnist_is_the_official_archives_renamed(full_fashion_mnist):
+    """How FASHION_MNIST_SHA256 was established offline, replayed.
+
+    Debian's packaging dropped each file's name (and timestamp) from its gzip header; put
+    back, they give the archives tensorflow-datasets registers, byte for byte, so the
+    contents are the official files' and their digests the ones fnlearn records.
+    """
+    timestamps = {"train": 1504176606, "t10k": 1504176627}
+    for name, contents_digest in data.FASHION_MNIST_SHA256.items():
+        packaged = (full_fashion_mnist / f"{name}.gz").read_bytes()
+        assert packaged[3] == 0  # no FNAME flag, no name
+        official = (packaged[:3] + b"\x08" + timestamps[name.split("-")[0]].to_bytes(4, "little")
+                    + packaged[8:10] + name.encode() + b"\0" + packaged[10:])
+        assert len(official) == len(packaged) + len(name) + 1
+        assert hashlib.sha256(official).hexdigest() == data.FASHION_MNIST_ARCHIVE_SHA256[name]
+        assert hashlib.sha256(gzip.decompress(official)).hexdigest() == contents_digest
+
+
+def test_a_local_fashion_mnist_copy_loads_verified(full_fashion_mnist):
+    # Before: refused as "corrupt or another dataset" unless verify=False.
+    (x_train, y_train), (x_test, y_test) = data.load_fashion_mnist("idx", full_fashion_mnist)
+    assert x_train.shape == (60000, 28, 28) and x_test.shape == (10000, 28, 28)
+    assert np.bincount(y_train).tolist() == [6000] * 10
+    assert np.bincount(y_test).tolist() == [1000] * 10
 
 
 def corrupt_bad_magic(folder, arrays):
@@ -255,9 +287,10 @@ def test_auto_offline_fashion_mnist_has_no_sample_to_fall_back_to(offline):
 
 
 @pytest.mark.parametrize("has_tensorflow", [True, False], ids=["as_dataset", "data_source"])
-def test_tfds_adapter_on_mock_data(monkeypatch, tmp_path, has_tensorflow):
-    tfds = pytest.importorskip("tensorflow_datasets")
-    pytest.importorskip("tensorflow")  # mock_data builds its examples with TensorFlow
+def test_tfds_adapter_on_mock_data(monkeypatch, tmp_path, has_tensorflow, need):
+    import tensorflow_datasets as tfds
+
+    need("tensorflow")  # mock_data builds its examples with TensorFlow
     monkeypatch.setattr(datasets, "tensorflow_available", lambda: has_tensorflow)
     if not has_tensorflow:
         # Without TensorFlow only an existing cache can be read, so pretend there is one (mock_data
@@ -275,9 +308,10 @@ def test_tfds_adapter_on_mock_data(monkeypatch, tmp_path, has_tensorflow):
     assert y_train.min() >= 0 and y_train.max() <= 9
 
 
-def test_auto_uses_a_tfds_cache_before_the_sample(offline, monkeypatch, tmp_path):
-    tfds = pytest.importorskip("tensorflow_datasets")
-    pytest.importorskip("tensorflow")
+def test_auto_uses_a_tfds_cache_before_the_sample(offline, monkeypatch, tmp_path, need):
+    import tensorflow_datasets as tfds
+
+    need("tensorflow")
     (tmp_path / "mnist").mkdir()
     monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path))
     monkeypatch.setattr(tfds.core.DatasetBuilder, "is_prepared", lambda self: True)
@@ -287,16 +321,14 @@ def test_auto_uses_a_tfds_cache_before_the_sample(offline, monkeypatch, tmp_path
 
 
 def test_tfds_without_tensorflow_says_preparing_needs_it(monkeypatch, tmp_path):
-    pytest.importorskip("tensorflow_datasets")
     monkeypatch.setattr(datasets, "tensorflow_available", lambda: False)
     with pytest.raises(data.DataError, match="needs TensorFlow to prepare") as error:
         data.load_mnist("tfds", tmp_path)
     assert str(tmp_path) in str(error.value)
 
 
-@pytest.mark.skipif(not FULL_MNIST.is_dir(), reason=f"full MNIST not found at {FULL_MNIST}")
-def test_full_mnist_loads_and_the_sample_is_its_head():
-    (x_train, y_train), (x_test, y_test) = data.load_mnist("idx", FULL_MNIST)
+def test_full_mnist_loads_and_the_sample_is_its_head(full_mnist):
+    (x_train, y_train), (x_test, y_test) = data.load_mnist("idx", full_mnist)
     assert x_train.shape == (60000, 28, 28) and x_test.shape == (10000, 28, 28)
     assert y_train[:5].tolist() == [5, 0, 4, 1, 9]
     assert y_test[:5].tolist() == [7, 2, 1, 0, 4]

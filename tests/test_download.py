@@ -3,7 +3,6 @@
 import gzip
 import hashlib
 import http.server
-import os
 import shutil
 import threading
 import time
@@ -16,14 +15,6 @@ import pytest
 from fnlearn import data
 from fnlearn.data import download
 
-FULL_MNIST = Path(
-    os.environ.get(data.DATA_DIR_ENV)
-    or Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "mnist"
-)
-needs_full_mnist = pytest.mark.skipif(
-    not (FULL_MNIST / "train-images-idx3-ubyte.gz").is_file(),
-    reason=f"full MNIST .gz files not found at {FULL_MNIST}",
-)
 GZ_NAMES = [f"{name}.gz" for name in data.FILE_NAMES.values()]
 
 
@@ -96,11 +87,10 @@ def write_random_idx(folder: Path) -> Path:
     return folder
 
 
-@needs_full_mnist
-def test_fresh_download_then_the_cache(server_for, tmp_path, monkeypatch):
+def test_fresh_download_then_the_cache(server_for, tmp_path, monkeypatch, full_mnist):
     monkeypatch.delenv(data.DATA_DIR_ENV, raising=False)
     monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds"))  # no prepared tfds copy
-    server = server_for(FULL_MNIST)
+    server = server_for(full_mnist)
     cache = tmp_path / "cache"
     dataset = data.load_mnist(cache_dir=cache)
     assert dataset.source == "download"
@@ -109,20 +99,19 @@ def test_fresh_download_then_the_cache(server_for, tmp_path, monkeypatch):
     assert sorted(server.requests) == sorted(f"/{name}" for name in GZ_NAMES)
     assert files_in(cache) == sorted(GZ_NAMES)
     for name in GZ_NAMES:
-        assert (cache / "mnist" / name).read_bytes() == (FULL_MNIST / name).read_bytes()
+        assert (cache / "mnist" / name).read_bytes() == (full_mnist / name).read_bytes()
 
     again = data.load_mnist(cache_dir=cache)
     assert len(server.requests) == 4  # read from the cache, not downloaded again
     np.testing.assert_array_equal(again.test.images, dataset.test.images)
 
 
-@needs_full_mnist
-def test_only_the_missing_files_are_downloaded(server_for, tmp_path, monkeypatch):
+def test_only_the_missing_files_are_downloaded(server_for, tmp_path, monkeypatch, full_mnist):
     cache = tmp_path / "cache"
     (cache / "mnist").mkdir(parents=True)
     for name in GZ_NAMES[:3]:
-        shutil.copy(FULL_MNIST / name, cache / "mnist" / name)
-    server = server_for(FULL_MNIST)
+        shutil.copy(full_mnist / name, cache / "mnist" / name)
+    server = server_for(full_mnist)
     assert data.load_mnist("download", cache_dir=cache).source == "download"
     assert server.requests == [f"/{GZ_NAMES[3]}"]
 
@@ -136,6 +125,28 @@ def test_a_corrupt_file_is_a_clear_error_and_nothing_is_cached(server_for, tmp_p
     assert "train-images-idx3-ubyte.gz" in str(error.value)
     assert "nothing was cached" in str(error.value)
     assert files_in(cache) == []
+
+
+def test_a_mirror_serving_a_recompressed_fashion_mnist_is_accepted(server_for, tmp_path,
+                                                                    full_fashion_mnist):
+    # Debian's copies differ from the official archives in their gzip headers only.
+    server = server_for(full_fashion_mnist)
+    dataset = data.load_fashion_mnist("download", cache_dir=tmp_path / "cache")
+    assert dataset.source == "download" and dataset.train.images.shape == (60000, 28, 28)
+    assert sorted(server.requests) == sorted(f"/{name}" for name in GZ_NAMES)
+
+
+def test_verify_false_reaches_the_mirror_route(server_for, tmp_path):
+    server_for(write_random_idx(tmp_path / "served"))
+    cache = tmp_path / "cache"
+    # Before: refused even with verify=False ("...; nothing was cached").
+    with pytest.raises(data.DataError, match=r"its contents differ from the official files; "
+                                             r"nothing was cached. Pass verify=False to load it "
+                                             r"anyway"):
+        data.load_fashion_mnist("download", cache_dir=cache)
+    dataset = data.load_fashion_mnist("download", cache_dir=cache, verify=False)
+    assert dataset.train.images.shape == (3, 28, 28)
+    assert files_in(cache) == sorted(GZ_NAMES)
 
 
 def test_auto_does_not_hide_a_corrupt_download_behind_the_sample(server_for, tmp_path,

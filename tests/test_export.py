@@ -86,8 +86,8 @@ def test_serve_command_prints_argmax_and_saves_outputs(trained, tmp_path):
     assert np.array_equal(np.load(tmp_path / "out.npy"), expected)
 
 
-def test_saved_model_round_trip(trained, tmp_path):
-    tf = pytest.importorskip("tensorflow", reason="SavedModel export needs TensorFlow")
+def test_saved_model_round_trip(trained, tmp_path, need):
+    tf = need("tensorflow")
     model, params, _ = trained
     directory = export_saved_model(model, params, (28, 28), np.uint8, tmp_path / "saved_model")
     serving = tf.saved_model.load(str(directory)).signatures["serving_default"]

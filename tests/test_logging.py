@@ -74,9 +74,14 @@ def test_csv_logger_on_resume_matches_the_restored_history(tmp_path):
     assert [float(row[2]) for row in rows[1:]] == straight.history["loss"]
 
 
-def event_scalars(folder) -> dict[str, list[tuple[int, float]]]:
-    """Scalars from every event file in folder, read with TensorFlow's event reader."""
-    tf = pytest.importorskip("tensorflow")
+@pytest.fixture
+def event_scalars(need):
+    """``event_scalars(folder)``: scalars from its event files, read by TensorFlow's reader."""
+    tf = need("tensorflow")
+    return lambda folder: read_scalars(tf, folder)
+
+
+def read_scalars(tf, folder) -> dict[str, list[tuple[int, float]]]:
     scalars: dict[str, list[tuple[int, float]]] = {}
     for path in sorted(folder.glob("events.out.tfevents.*")):
         for event in tf.compat.v1.train.summary_iterator(str(path)):
@@ -85,7 +90,7 @@ def event_scalars(folder) -> dict[str, list[tuple[int, float]]]:
     return scalars
 
 
-def test_tensorboard_event_files_hold_the_epoch_scalars(tmp_path):
+def test_tensorboard_event_files_hold_the_epoch_scalars(tmp_path, event_scalars):
     _, history = train(3, [TensorBoard(tmp_path)])
     train_scalars = event_scalars(tmp_path / "train")
     validation_scalars = event_scalars(tmp_path / "validation")
@@ -134,7 +139,8 @@ def test_update_freq_is_checked():
         TensorBoard("logs", update_freq=0)
 
 
-def test_tensorboard_update_freq_writes_batch_scalars_at_the_optimizer_step(tmp_path):
+def test_tensorboard_update_freq_writes_batch_scalars_at_the_optimizer_step(tmp_path,
+                                                                           event_scalars):
     _, history = train(2, [TensorBoard(tmp_path, update_freq=2)], validation=False)
     scalars = event_scalars(tmp_path / "train")
     assert [step for step, _ in scalars["batch_loss"]] == [2, 4, 6, 8]

@@ -88,3 +88,52 @@ def test_categorical_crossentropy_on_probabilities_and_logits():
     with pytest.raises(ValueError, match="one-hot"):
         losses.categorical_crossentropy(jnp.array([0, 2]), logits)
     np.testing.assert_array_equal(losses.accuracy(one_hot, logits), [1.0, 1.0])
+
+
+def test_keras_class_names_are_the_losses_and_metrics_they_name():
+    from fnlearn import metrics
+
+    assert losses.get_loss("SparseCategoricalCrossentropy") is \
+        losses.sparse_categorical_crossentropy
+    assert losses.get_loss("CategoricalCrossentropy") is losses.categorical_crossentropy
+    assert losses.get_loss("MeanSquaredError") is losses.mean_squared_error
+    assert losses.get_loss("BinaryCrossentropy") is losses.binary_crossentropy
+    assert losses.get_metric("AUC") == metrics.AUC()
+    assert losses.get_metric("SparseCategoricalAccuracy").name == "sparse_categorical_accuracy"
+    with pytest.raises(ValueError, match=r"unknown loss 'SparseCrossentropy'; known: .*Keras's "
+                                         r"class names \[.*'SparseCategoricalCrossentropy'"):
+        losses.get_loss("SparseCrossentropy")
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: losses.categorical_crossentropy(jnp.ones((2, 3)) / 3, jnp.ones((2, 3)) / 3,
+                                             label_smoothing=1.5),
+     r"label_smoothing must be in \[0, 1\], got 1.5"),
+    (lambda: losses.binary_crossentropy(jnp.ones((4, 2)), jnp.full((4, 1), 0.5)),
+     r"binary_crossentropy: labels shape \(4, 2\) != predictions shape \(4, 1\)"),
+    (lambda: losses.huber(jnp.ones((4,)), jnp.ones((4, 1))),
+     r"huber: targets shape \(4,\) != predictions shape \(4, 1\); broadcasting"),
+])
+def test_new_losses_refuse_bad_arguments(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()
+
+
+def test_label_smoothing_zero_is_the_plain_loss_and_smoothing_raises_a_confident_loss():
+    logits = jnp.array([[4.0, -2.0, 0.0]])
+    plain = losses.sparse_categorical_crossentropy(jnp.array([0]), logits, from_logits=True)
+    smoothed = losses.sparse_categorical_crossentropy(jnp.array([0]), logits, from_logits=True,
+                                                      label_smoothing=0.1)
+    assert float(losses.sparse_categorical_crossentropy(
+        jnp.array([0]), logits, from_logits=True, label_smoothing=0.0)[0]) == float(plain[0])
+    log_probs = jax.nn.log_softmax(logits)[0]
+    expected = -(0.9 + 0.1 / 3) * log_probs[0] - 0.1 / 3 * (log_probs[1] + log_probs[2])
+    assert float(smoothed[0]) == pytest.approx(float(expected), rel=1e-6)
+    assert float(smoothed[0]) > float(plain[0])
+
+
+def test_accuracy_of_a_one_column_output_thresholds_it():
+    # Before: argmax of one column is always 0, so "accuracy" was the share of label 0.
+    predictions = jnp.array([[0.9], [0.2], [0.7], [0.4]])
+    np.testing.assert_array_equal(losses.accuracy(jnp.array([1, 0, 0, 0]), predictions),
+                                  [1, 1, 0, 1])

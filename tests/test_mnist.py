@@ -1,6 +1,5 @@
 """The MNIST experiment: on the shipped sample always, on the full data when it is there."""
 
-import os
 
 import pytest
 
@@ -19,14 +18,10 @@ def test_trains_on_the_shipped_sample_and_writes_the_pictures(tmp_path, capsys):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-FULL_DATA = os.environ.get("FNLEARN_DATA_DIR")
-
-
 @pytest.mark.slow
-@pytest.mark.skipif(not FULL_DATA, reason="FNLEARN_DATA_DIR does not point at the full MNIST")
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_article_recipe_reaches_97_5_percent_on_the_full_data(seed, capsys):
-    result = mnist.main(["--seed", str(seed), "--no-plots"])
+def test_article_recipe_reaches_97_5_percent_on_the_full_data(seed, capsys, full_mnist):
+    result = mnist.main(["--seed", str(seed), "--no-plots", "--data-dir", str(full_mnist)])
     assert result["source"] == "idx"
     assert len(result["history"].epoch) == 5
     print(capsys.readouterr().out)

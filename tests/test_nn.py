@@ -18,8 +18,8 @@ def test_article_model_has_101770_parameters_and_keras_style_summary():
     model = article_model()
     params = nn.init(model, 0, (28, 28))
     assert nn.count_params(params) == 101_770
-    assert set(params) == {"dense_1", "dense_3"}
-    assert params["dense_1"]["kernel"].shape == (784, 128)
+    assert set(params) == {"dense_0", "dense_1"}
+    assert params["dense_0"]["kernel"].shape == (784, 128)
     text = nn.summary(model, (28, 28))
     assert "Total params: 101,770" in text
     assert "(None, 784)" in text and "(None, 128)" in text and "(None, 10)" in text
@@ -107,7 +107,7 @@ def test_flax_linen_module_trains_with_fit_like_an_fnlearn_model():
     assert history.history["accuracy"][-1] > 0.9
     # The same parameters in an fnlearn model compute the same function.
     twin = nn.serial(nn.Dense(16, activation="relu"), nn.Dropout(0.1), nn.Dense(3))
-    twin_params = {"dense_0": state.params["Dense_0"], "dense_2": state.params["Dense_1"]}
+    twin_params = {"dense_0": state.params["Dense_0"], "dense_1": state.params["Dense_1"]}
     np.testing.assert_allclose(fl.predict(model, state.params, x),
                                fl.predict(twin, twin_params, x), rtol=1e-6, atol=1e-6)
     assert loss  # named losses resolve too:

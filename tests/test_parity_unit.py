@@ -43,37 +43,37 @@ def test_compare_handles_nan_and_shape_mismatch():
 def test_assert_close_trees_names_tensor_step_and_element():
     expected = mnist_params()
     actual = jax.tree.map(np.array, expected)
-    actual["dense_3"]["kernel"][5, 7] += 1e-3
+    actual["dense_1"]["kernel"][5, 7] += 1e-3
     with pytest.raises(AssertionError) as error:
         parity.assert_close_trees(actual, expected, rtol=1e-5, atol=1e-7, context="step 17")
     message = str(error.value)
     assert message.startswith("step 17: 1 of 4 tensors differ beyond rtol=1e-05, atol=1e-07")
-    assert "dense_3/kernel (128, 10): MISMATCH" in message and "worst at [5, 7]" in message
+    assert "dense_1/kernel (128, 10): MISMATCH" in message and "worst at [5, 7]" in message
 
 
 def test_assert_close_trees_returns_one_comparison_per_tensor():
     params = mnist_params()
     results = parity.assert_close_trees(params, params, rtol=0)
     assert sorted(r.name for r in results) == [
-        "dense_1/bias", "dense_1/kernel", "dense_3/bias", "dense_3/kernel"]
+        "dense_0/bias", "dense_0/kernel", "dense_1/bias", "dense_1/kernel"]
     assert all(r.max_abs_error == 0 for r in results)
 
 
 def test_assert_close_trees_reports_structure_differences():
     params = mnist_params()
-    with pytest.raises(AssertionError, match=r"missing from actual \['dense_3/bias'"):
-        parity.assert_close_trees({"dense_1": params["dense_1"], "dense_3": {
-            "kernel": params["dense_3"]["kernel"]}}, params)
+    with pytest.raises(AssertionError, match=r"missing from actual \['dense_1/bias'"):
+        parity.assert_close_trees({"dense_0": params["dense_0"], "dense_1": {
+            "kernel": params["dense_1"]["kernel"]}}, params)
 
 
 def test_torch_state_dict_round_trip_keeps_structure_and_values():
     # A state dict of NumPy arrays stands in for torch's: the pairing, the transposes and
     # the shape checks are the same code; only building tensors needs torch.
     params = mnist_params()
-    state = {"1.weight": np.asarray(params["dense_1"]["kernel"]).T,
-             "1.bias": np.asarray(params["dense_1"]["bias"]),
-             "4.weight": np.asarray(params["dense_3"]["kernel"]).T,
-             "4.bias": np.asarray(params["dense_3"]["bias"])}
+    state = {"1.weight": np.asarray(params["dense_0"]["kernel"]).T,
+             "1.bias": np.asarray(params["dense_0"]["bias"]),
+             "4.weight": np.asarray(params["dense_1"]["kernel"]).T,
+             "4.bias": np.asarray(params["dense_1"]["bias"])}
     back = parity.params_from_torch(state, like=params)
     assert jax.tree.structure(back) == jax.tree.structure(params)
     parity.assert_close_trees(back, params, rtol=0)
@@ -82,7 +82,7 @@ def test_torch_state_dict_round_trip_keeps_structure_and_values():
 def test_pairing_is_by_position_number_not_string_order():
     model = nn.serial(*[nn.Dense(3) for _ in range(11)])
     params = nn.init(model, 0, (3,))
-    # Sorted as strings, dense_10 would come before dense_2.
+    # Sorted as strings, dense_00 would come before dense_2.
     state = {f"{i}.weight": np.asarray(params[f"dense_{i}"]["kernel"]).T for i in range(11)}
     state.update({f"{i}.bias": np.asarray(params[f"dense_{i}"]["bias"]) for i in range(11)})
     sorted_params = dict(sorted(params.items()))
@@ -93,14 +93,14 @@ def test_shape_mismatch_names_the_layer():
     params = mnist_params()
     state = {"1.weight": np.zeros((128, 784)), "1.bias": np.zeros(128),
              "4.weight": np.zeros((10, 64)), "4.bias": np.zeros(10)}
-    with pytest.raises(ValueError, match=r"state_dict entries '4.\*' -> dense_3/kernel: shape "
+    with pytest.raises(ValueError, match=r"state_dict entries '4.\*' -> dense_1/kernel: shape "
                                          r"\(64, 10\) does not match \(128, 10\)"):
         parity.params_from_torch(state, like=params)
 
 
 def test_layer_count_mismatch_is_an_error():
     state = {"0.weight": np.zeros((128, 784)), "0.bias": np.zeros(128)}
-    with pytest.raises(ValueError, match=r"layer kinds differ: fnlearn layer 'dense_3' \(dense\) "
+    with pytest.raises(ValueError, match=r"layer kinds differ: fnlearn layer 'dense_1' \(dense\) "
                                          r"is linear, but the PyTorch model has nothing left"):
         parity.params_from_torch(state, like=mnist_params())
 

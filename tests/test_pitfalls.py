@@ -94,6 +94,47 @@ def test_softmax_model_or_logits_loss_get_no_warning():
         fit(classifier(last=None), loss=from_logits)
 
 
+def test_a_softmax_output_with_nll_loss_warns_naming_log_softmax():
+    # Before: trained silently to a negative loss (-p[label] is minimized by p = 1 too).
+    with pytest.warns(UserWarning, match=r"nll_loss expects log-probabilities, but the model's "
+                                         r"outputs for the first batch are probabilities .*: "
+                                         r"end the model with fnlearn.nn.LogSoftmax\(\) "
+                                         r"\(torch.nn.LogSoftmax\) instead of a softmax"):
+        fit(classifier(), loss="nll_loss")
+    log_softmax = nn.serial(nn.Dense(8, "relu"), nn.Dense(2), nn.LogSoftmax())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        state, history = fit(log_softmax, loss="nll_loss", epochs=2)
+    assert 0 < history.history["loss"][-1] < history.history["loss"][0]
+
+
+def test_a_linear_output_with_binary_crossentropy_warns():
+    binary_y = Y.astype(np.float32)[:, None]
+    linear = nn.serial(nn.Dense(8, "relu"), nn.Dense(1))
+    with pytest.warns(UserWarning, match=r"binary_crossentropy expects probabilities, but the "
+                                         r"model's outputs for the first batch range over .*: "
+                                         r"end the model with a sigmoid"):
+        fit(linear, y=binary_y, loss="binary_crossentropy")
+    from_logits = functools.partial(fl.losses.binary_crossentropy, from_logits=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fit(linear, y=binary_y, loss=from_logits)
+        fit(nn.serial(nn.Dense(8, "relu"), nn.Dense(1, "sigmoid")), y=binary_y,
+            loss="binary_crossentropy")
+
+
+def test_a_trained_state_gets_no_unscaled_input_warning():
+    (x, y), _ = fl.load_mnist(source="sample")
+    x, y = x[:256], y[:256]
+    model = nn.serial(nn.Normalize(0, 255), nn.Flatten(), nn.Dense(32, "relu"),
+                      nn.Dense(10, "softmax"))
+    state, _ = fit(model, x, y, epochs=3)
+    # Confident outputs of a trained model on 0..255 inputs are no sign of unscaled inputs.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fit(model, x, y, epochs=4, state=state)
+
+
 def test_float64_inputs_train_as_float32():
     assert jax.numpy.asarray(X.astype(np.float64)).dtype == np.float32
     as_float64, _ = fit(x=X.astype(np.float64), epochs=2)
@@ -205,8 +246,8 @@ def test_a_non_string_activation_is_named():
     with pytest.raises(TypeError, match=r"activation must be a name \(one of .*\) or None, got "
                                         "the function relu; pass its name, e.g. activation='relu'"):
         nn.Dense(10, jax.nn.relu)
-    with pytest.raises(ValueError, match="unknown activation 'gelu'"):
-        nn.Dense(10, "gelu")
+    with pytest.raises(ValueError, match="unknown activation 'gelu_exact'"):
+        nn.Dense(10, "gelu_exact")
     with pytest.raises(TypeError, match=r"activation must be a name .* got int 3;"):
         nn.Dense(10, 3)
 
@@ -223,5 +264,73 @@ def test_model_init_takes_an_int_seed_or_a_key():
     assert leaves_equal(init(3, (4,))[1], by_seed[1])
     with pytest.raises(TypeError, match="key must be a jax.random key or an int seed, got float"):
         model.init(0.5, (4,))
-    # Identity hashing (the model is a static argument of jit) is unchanged.
-    assert model != classifier() and hash(model) == object.__hash__(model)
+    # A static argument of jit: the same architecture built again is equal (one compilation),
+    # another is not.
+    assert model == classifier() and hash(model) == hash(classifier())
+    assert model != classifier(last=None) and model != nn.serial(*classifier().children[:1])
+
+
+# A Keras or PyTorch habit meets fnlearn's conventions.
+
+def batch_norm_convnet() -> nn.Layer:
+    return nn.serial(nn.Normalize(0, 255), nn.Conv2D(4, (3, 3)), nn.BatchNorm(), nn.ReLU(),
+                     nn.Flatten(), nn.Dense(10, "softmax"))
+
+
+IMAGES = RNG.integers(0, 256, (32, 8, 8, 1)).astype(np.uint8)
+DIGITS = np.arange(32) % 10
+
+
+def test_forgetting_model_state_names_it(tmp_path):
+    model = batch_norm_convnet()
+    state, _ = fit(model, IMAGES, DIGITS, epochs=1)
+    # Before: "model cannot be applied to inputs of per-example shape (8, 8, 1) ...: 'mean'".
+    message = (r"the model has non-trainable state \(BatchNorm statistics\) but model_state is "
+               r"empty: pass model_state=state.model_state")
+    with pytest.raises(ValueError, match=message):
+        fl.predict(model, state.params, IMAGES)
+    with pytest.raises(ValueError, match=message):
+        fl.evaluate(model, state.params, IMAGES, DIGITS, loss=SCE)
+    with pytest.raises(ValueError, match="cannot export the model: " + message):
+        fl.export_model(model, state.params, (8, 8, 1), np.uint8, tmp_path / "m.fnx")
+    with pytest.raises(ValueError, match="cannot export the model: " + message):
+        fl.export_saved_model(model, state.params, (8, 8, 1), np.uint8, tmp_path / "saved")
+    assert fl.predict(model, state.params, IMAGES, model_state=state.model_state).shape == (32, 10)
+
+
+def test_channels_first_images_are_told_to_transpose():
+    model = batch_norm_convnet()
+    nchw = IMAGES.transpose(0, 3, 1, 2)
+    # Before: "Conv2D window (3, 3) ... does not fit the input (1, 8)" when training, and
+    # "kernel input channels 1 ... do not match x channels 8" with trained parameters.
+    hint = (r"the model takes \(8, 8, 1\), the same images channels last: fnlearn takes NHWC "
+            r"\(channels last\); use x.transpose\(0, 2, 3, 1\)")
+    with pytest.raises(ValueError, match=r"model cannot be initialized for inputs of per-example "
+                                         r"shape \(1, 8, 8\); " + hint):
+        fit(model, nchw, DIGITS)
+    state, _ = fit(model, IMAGES, DIGITS, epochs=1)
+    with pytest.raises(ValueError, match=r"model cannot be applied to inputs of per-example "
+                                         r"shape \(1, 8, 8\) \(dtype uint8\); " + hint):
+        fl.predict(model, state.params, nchw, model_state=state.model_state)
+    # A shape that is wrong in another way gets no such hint.
+    with pytest.raises(ValueError, match=r"per-example shape \(8, 7, 1\)") as error:
+        fl.predict(model, state.params, IMAGES[:, :, :7], model_state=state.model_state)
+    assert "NHWC" not in str(error.value)
+
+
+def test_a_flax_module_is_told_to_be_wrapped():
+    import flax.linen as flax_linen
+
+    class Mlp(flax_linen.Module):
+        @flax_linen.compact
+        def __call__(self, x):
+            return flax_linen.Dense(2)(x)
+
+    # Before: "'tuple' object has no attribute 'astype'".
+    with pytest.raises(TypeError, match=r"model is a flax.linen Module \(Mlp\): wrap it with "
+                                        r"fnlearn.nn.from_flax\(module, train_argument=...\)"):
+        fit(Mlp())
+    with pytest.raises(TypeError, match=r"model is a flax.linen Module"):
+        fl.predict(Mlp(), {}, X)
+    with pytest.raises(TypeError, match=r"model must be an fnlearn.nn Layer .*, got list"):
+        fit([nn.Dense(2)])

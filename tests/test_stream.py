@@ -262,6 +262,11 @@ def test_stream_killed_mid_epoch_resumes_bit_identically(tmp_path):
     position = at_kill[-1] % steps_per_epoch
     assert f"resuming from {killed_dir / str(at_kill[-1])}" in log
     assert f"batch {position} of the epoch" in log
+    # The resumed process ran and read only what was left of the 3 epochs (the shape
+    # probe reads items, not batches): a silent restart would read all 84 batches.
+    left = 3 * steps_per_epoch - at_kill[-1]
+    assert (f"this process: steps {at_kill[-1]}..{3 * steps_per_epoch}, "
+            f"{left * 16} examples read") in log, log
     full_history = json.loads(_finish(full).strip().splitlines()[-1])
     resumed_history = json.loads(log.strip().splitlines()[-1])
     reference, resumed = np.load(tmp_path / "full.npz"), np.load(killed_out)

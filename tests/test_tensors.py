@@ -71,8 +71,8 @@ def test_to_device_rejects_unknown_devices():
         to_device(np.ones(2), "nosuch")
 
 
-def test_dlpack_to_torch_and_back_is_zero_copy():
-    torch = pytest.importorskip("torch", reason="PyTorch is not installed")
+def test_dlpack_to_torch_and_back_is_zero_copy(need):
+    torch = need("torch")
     x = to_device(jnp.array([1.0, 2.0, 3.0]), "cpu")
     tensor = to_torch(x)
     assert isinstance(tensor, torch.Tensor)
@@ -83,8 +83,8 @@ def test_dlpack_to_torch_and_back_is_zero_copy():
     assert back.unsafe_buffer_pointer() == x.unsafe_buffer_pointer()
 
 
-def test_from_torch_takes_torch_tensors_and_refuses_grad_tensors():
-    torch = pytest.importorskip("torch", reason="PyTorch is not installed")
+def test_from_torch_takes_torch_tensors_and_refuses_grad_tensors(need):
+    torch = need("torch")
     np.testing.assert_array_equal(from_torch(torch.arange(4)), [0, 1, 2, 3])
     with pytest.raises(ValueError, match="detach"):
         from_torch(torch.ones(2, requires_grad=True))

@@ -29,6 +29,14 @@ from fnlearn.data.idx import (
     read_file,
     read_idx,
 )
+from fnlearn.data.official import (
+    FASHION_MNIST_ARCHIVE_SHA256,
+    FASHION_MNIST_MIRRORS,
+    FASHION_MNIST_SHA256,
+    MNIST_ARCHIVE_SHA256,
+    MNIST_MIRRORS,
+    MNIST_SHA256,
+)
 
 __all__ = ["DataError", "Dataset", "Split", "load_fashion_mnist", "load_mnist", "read_idx"]
 
@@ -37,38 +45,6 @@ SOURCES = ("auto", "idx", "tfds", "download", "sample")
 
 NUM_CLASSES = 10
 IMAGE_SHAPE = (28, 28)
-
-# sha256 of the uncompressed official MNIST files. Hashing after decompression makes the check
-# independent of how a mirror gzipped them.
-MNIST_SHA256 = {
-    "train-images-idx3-ubyte": "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
-    "train-labels-idx1-ubyte": "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
-    "t10k-images-idx3-ubyte": "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
-    "t10k-labels-idx1-ubyte": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
-}
-# sha256 of the official .gz files, as tensorflow-datasets 4.9.10 records them
-# (tensorflow_datasets/url_checksums/mnist.txt and fashion_mnist.txt).
-MNIST_ARCHIVE_SHA256 = {
-    "train-images-idx3-ubyte": "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
-    "train-labels-idx1-ubyte": "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",
-    "t10k-images-idx3-ubyte": "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
-    "t10k-labels-idx1-ubyte": "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6",
-}
-FASHION_MNIST_ARCHIVE_SHA256 = {
-    "train-images-idx3-ubyte": "3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84",
-    "train-labels-idx1-ubyte": "a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845",
-    "t10k-images-idx3-ubyte": "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073",
-    "t10k-labels-idx1-ubyte": "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5",
-}
-# Public mirrors of the .gz files, in order: tensorflow-datasets', torchvision's, Keras'.
-MNIST_MIRRORS = (
-    "https://storage.googleapis.com/cvdf-datasets/mnist/",
-    "https://ossci-datasets.s3.amazonaws.com/mnist/",
-)
-FASHION_MNIST_MIRRORS = (
-    "https://storage.googleapis.com/tensorflow/tf-keras-datasets/",
-    "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
-)
 
 ASSETS_DIR = Path(__file__).parent.parent / "assets"
 # The shipped sample is four gzipped IDX files named "<prefix><standard name>.gz" in ASSETS_DIR.
@@ -132,7 +108,8 @@ _MNIST = _Spec(
     "MNIST", "mnist", MNIST_MIRRORS, MNIST_SHA256, MNIST_ARCHIVE_SHA256, MNIST_SAMPLE_PREFIX
 )
 _FASHION_MNIST = _Spec(
-    "Fashion-MNIST", "fashion_mnist", FASHION_MNIST_MIRRORS, {}, FASHION_MNIST_ARCHIVE_SHA256, None
+    "Fashion-MNIST", "fashion_mnist", FASHION_MNIST_MIRRORS, FASHION_MNIST_SHA256,
+    FASHION_MNIST_ARCHIVE_SHA256, None
 )
 
 
@@ -154,8 +131,9 @@ def load_mnist(
       data_dir: for "idx" and "auto", the IDX folder (default: $FNLEARN_DATA_DIR); for "tfds", the
         tfds data dir (default: tfds' own, ~/tensorflow_datasets or $TFDS_DATA_DIR).
       normalize: return float32 images ``(images / 255.0).astype(np.float32)`` instead of uint8.
-      verify: for an IDX folder, also check the sha256 of each file against the official files
-        (downloads are always checked).
+      verify: check the sha256 of each file's uncompressed bytes against the official files
+        (whatever gzip wraps them), for an IDX folder and for downloads alike; False loads a
+        copy of your own with the structural checks only.
       cache_dir: for downloads, the cache folder (default: $FNLEARN_DATA_CACHE, else
         ~/.cache/fnlearn); the files go in its "mnist" subfolder.
 
@@ -180,14 +158,14 @@ def load_fashion_mnist(
     """Load Fashion-MNIST as ``((x_train, y_train), (x_test, y_test))`` NumPy arrays.
 
     Same as `load_mnist`, except that no sample is shipped (so "auto" raises `DataError` when no
-    other source has the data), and that only the hashes of the official .gz files are recorded,
-    so ``verify`` checks gzipped IDX files and leaves uncompressed ones to the structural checks.
+    other source has the data).
 
     Args:
       source: "idx", "tfds", "download" or "auto" (see `load_mnist`).
       data_dir: the IDX folder (default: $FNLEARN_DATA_DIR) or, for "tfds", the tfds data dir.
       normalize: return float32 images ``(images / 255.0).astype(np.float32)`` instead of uint8.
-      verify: for an IDX folder, check each .gz file against the official archive's sha256.
+      verify: as for `load_mnist`: the uncompressed bytes against the official files', so a
+        re-compressed copy (Debian's ``dataset-fashion-mnist``) passes.
       cache_dir: as for `load_mnist`; the files go in its "fashion_mnist" subfolder.
 
     Returns:
@@ -219,7 +197,7 @@ def _load(
         dataset = Dataset(*_load_tfds(spec, data_dir, download=True), "tfds")
     elif source == "download":
         try:
-            dataset = Dataset(*_load_download(spec, cache_dir), "download")
+            dataset = Dataset(*_load_download(spec, cache_dir, verify), "download")
         except download.DownloadError as error:
             raise DataError(f"{spec.title}: {error}") from error
     else:
@@ -248,7 +226,7 @@ def _load_auto(
         return Dataset(*_load_tfds(spec, None, download=False), "tfds")
     try:
         # A corrupt download raises DataError: only being offline falls through to the sample.
-        return Dataset(*_load_download(spec, cache_dir), "download")
+        return Dataset(*_load_download(spec, cache_dir, verify), "download")
     except download.DownloadError as error:
         why_not = str(error)
     hint = (
@@ -267,18 +245,29 @@ def _load_auto(
     return Dataset(train, test, "sample")
 
 
-def _load_download(spec: _Spec, cache_dir: str | os.PathLike | None) -> tuple[Split, Split]:
-    """Read the dataset from the cache, downloading the files it lacks first."""
+def _load_download(
+    spec: _Spec, cache_dir: str | os.PathLike | None, verify: bool = True
+) -> tuple[Split, Split]:
+    """Read the dataset from the cache, downloading the files it lacks first.
 
-    def verify(url: str, raw: bytes) -> None:
-        name = url.rsplit("/", 1)[-1].removesuffix(".gz")
-        check_official(url, raw, decompress(raw, url), spec.sha256.get(name),
-                       spec.archive_sha256.get(name), f"{spec.title} {name}.gz")
+    With ``verify=False`` a download is only checked to be gzip and, once cached, the IDX
+    structure: for a mirror serving a copy of your own.
+    """
+
+    def check(url: str, raw: bytes) -> None:
+        data = decompress(raw, url)
+        if verify:
+            name = url.rsplit("/", 1)[-1].removesuffix(".gz")
+            check_official(url, raw, data, spec.sha256.get(name), spec.archive_sha256.get(name),
+                           f"{spec.title} {name}.gz")
 
     folder = download.cache_folder(cache_dir) / spec.name
     names = [f"{name}.gz" for name in FILE_NAMES.values()]
-    download.fetch(names, download.mirrors_for(spec.name, spec.mirrors), folder, verify)
-    return _load_idx_folder(spec, folder, verify=True)
+    try:
+        download.fetch(names, download.mirrors_for(spec.name, spec.mirrors), folder, check)
+    except DataError as error:
+        raise DataError(f"{error}. Pass verify=False to load it anyway") from None
+    return _load_idx_folder(spec, folder, verify)
 
 
 def _idx_folder(data_dir: str | os.PathLike | None) -> Path:

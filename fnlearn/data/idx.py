@@ -119,9 +119,11 @@ def check_official(
         for hash_, kind in ((sha256, "uncompressed data"), (archive_sha256, "official .gz"))
         if hash_ is not None
     )
+    # Only the content is judged: any gzip of the official bytes passes when their digest is
+    # known, so what fails here holds other bytes (a damaged or edited copy, or other data).
     raise DataError(
-        f"{path}: sha256 is not the official {what}'s ({expected}); the file is corrupt or "
-        "another dataset"
+        f"{path}: sha256 is not the official {what}'s ({expected}): its contents differ from "
+        "the official files"
     )
 
 

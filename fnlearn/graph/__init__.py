@@ -4,9 +4,11 @@
   concrete arguments, values), ``stablehlo_text``, ``hlo_text``, ``cost_analysis``.
 - ``drawing``: ``to_dot`` (Graphviz DOT text) and ``render`` (PNG/SVG/PDF by Graphviz's
   ``dot``, or by matplotlib's ``draw`` without it).
+- ``model``: ``model_graph`` (a model's layers as a ``Graph``) and ``render_model``.
 """
 
 from fnlearn.graph.drawing import GraphvizNotFoundError, draw, node_label, render, to_dot
+from fnlearn.graph.model import model_graph, render_model
 from fnlearn.graph.tracing import (
     Graph,
     Node,
@@ -18,4 +20,5 @@ from fnlearn.graph.tracing import (
 )
 
 __all__ = ["Graph", "GraphvizNotFoundError", "Node", "cost_analysis", "draw", "format_value",
-           "hlo_text", "node_label", "render", "stablehlo_text", "to_dot", "trace"]
+           "hlo_text", "model_graph", "node_label", "render", "render_model", "stablehlo_text",
+           "to_dot", "trace"]

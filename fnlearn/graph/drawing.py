@@ -48,9 +48,11 @@ def to_dot(graph: Graph, title: str = "graph") -> str:
 
 def node_label(node: Node) -> list[str]:
     """The lines a picture shows for a node: name, op, small values, dtype and shape."""
-    label = [node.name] + ([node.op] if node.op and node.op != node.name else [])
+    label = [node.name] + (node.op.split("\n") if node.op and node.op != node.name else [])
     if node.value is not None and node.value.size <= 4:
         label.append(format_value(node.value))
+    if not node.dtype and not node.shape:  # a model's layer with several outputs: in its op
+        return label
     return label + [f"{node.dtype}{list(node.shape)}"]
 
 

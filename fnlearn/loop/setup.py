@@ -124,6 +124,8 @@ def start(model, example, optimizer, seed, state, initial, hooks: Hooks, resume:
     the same shardings.
     """
     initial_params, initial_model_state = initial
+    if model is not None:
+        checks.check_model(model)
     if state is not None and initial_params is not None:
         raise ValueError("pass either state (to continue a run) or initial_params, not both")
     if state is None:
@@ -137,8 +139,7 @@ def start(model, example, optimizer, seed, state, initial, hooks: Hooks, resume:
             state = init_state(model, optimizer, shape, seed=seed, params=initial_params,
                                model_state=initial_model_state)
         except Exception as error:  # noqa: BLE001 - re-raised with the shape that caused it
-            raise ValueError(f"model cannot be initialized for inputs of per-example shape "
-                             f"{shape}: {error}") from error
+            raise checks.cannot_initialize(model, shape, error) from error
     else:
         if not isinstance(state, TrainState):
             raise TypeError(f"state must be a TrainState, got {type(state).__name__}")

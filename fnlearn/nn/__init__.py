@@ -1,18 +1,43 @@
-"""Layers as pure ``(init, apply)`` pairs, composed with ``serial``.
+"""Layers as pure ``(init, apply)`` pairs, composed with ``serial`` or into graphs with ``Model``.
 
-- ``core``: the ``Layer`` protocol (stateless and stateful), ``serial``, ``init``,
-  ``init_with_state``, ``apply``, ``summary``.
-- ``dense``: ``Dense``/``Linear``, activations, ``Flatten``, ``Normalize``, ``Dropout``.
+- ``core``: the ``Layer`` protocol (stateless and stateful), layer equality and names,
+  ``init``, ``init_with_state``, ``apply``.
+- ``serial``: ``serial``/``Sequential``. ``graph``: ``Input``, ``Model`` (Keras's
+  functional API) and the helpers ``residual``, ``parallel``, ``fan_out``.
+- ``merge``: ``Add``, ``Subtract``, ``Multiply``, ``Average``, ``Maximum``, ``Minimum``,
+  ``Concatenate``.
+- ``summary``: ``summary`` (Keras's table) and ``describe`` (its rows as data).
+- ``dense``: ``Dense``/``Linear``, ``ReLU``/``Softmax``/``Activation``, ``Flatten``,
+  ``Normalize``, ``Dropout``, ``SpatialDropout2D``.
 - ``conv``: ``Conv2D``, ``MaxPool2D``, ``AvgPool2D``, ``GlobalAveragePooling2D``, ``Reshape``
   (NHWC activations, HWIO kernels).
-- ``norm``: ``BatchNorm`` (stateful: running statistics; Keras or PyTorch conventions).
-- ``flax``: ``from_flax``, a linen module as a layer.
+- ``conv_more``: ``Conv1D``, ``Conv2DTranspose``, ``DepthwiseConv2D``.
+- ``norm``: ``BatchNorm`` (stateful: running statistics), ``LayerNorm``, ``GroupNorm``;
+  Keras or PyTorch conventions.
+- ``reshaping``: ``UpSampling2D``, ``ZeroPadding2D``, ``AdaptiveAvgPool2D``.
+- ``embedding``: ``Embedding``. ``augment``: ``RandomFlip``, ``RandomCrop`` (training only).
+- ``activations``: ``ACTIVATIONS`` by name, and ``GELU``, ``LeakyReLU``, ``ELU``, ``SiLU``,
+  ``HardSigmoid``, ``ReLU6``, ``Tanh``, ``Sigmoid`` as layers.
+- ``flax``: ``from_flax`` (a linen module) and ``from_nnx`` (an NNX module) as layers.
 
-Parameters are plain dicts of arrays; ``serial`` keys each child's parameters by
-``"<kind>_<position>"`` (``dense_1``, ``dense_4``), so a checkpoint or a weight
-conversion names the layer it is about.
+Parameters are plain dicts of arrays keyed by layer name: the name given
+(``Dense(128, name="hidden")``) or ``<kind>_<n>``, n counting the unnamed layers of
+that kind in order (``dense_0``, ``dense_1``), so a checkpoint or a weight conversion
+names the layer it is about and inserting a layer of another kind renames nothing.
 """
 
+from fnlearn.nn.activations import (
+    ELU,
+    GELU,
+    HardSigmoid,
+    LeakyReLU,
+    ReLU6,
+    Sigmoid,
+    SiLU,
+    Tanh,
+)
+from fnlearn.nn.augment import RandomCrop, RandomFlip
+from fnlearn.nn.combinators import fan_out, parallel, residual
 from fnlearn.nn.conv import (
     AvgPool2D,
     Conv2D,
@@ -21,19 +46,18 @@ from fnlearn.nn.conv import (
     Reshape,
     explicit_padding,
 )
+from fnlearn.nn.conv_more import Conv1D, Conv2DTranspose, DepthwiseConv2D
 from fnlearn.nn.core import (
     Layer,
     ModelState,
     Params,
-    Sequential,
     Shape,
     apply,
     as_key,
+    constructor,
     count_params,
     init,
     init_with_state,
-    serial,
-    summary,
 )
 from fnlearn.nn.dense import (
     ACTIVATIONS,
@@ -46,16 +70,30 @@ from fnlearn.nn.dense import (
     Normalize,
     ReLU,
     Softmax,
+    SpatialDropout2D,
     glorot_uniform,
     torch_linear_uniform,
 )
-from fnlearn.nn.flax import from_flax
-from fnlearn.nn.norm import BatchNorm
+from fnlearn.nn.embedding import Embedding
+from fnlearn.nn.flax import from_flax, from_nnx
+from fnlearn.nn.graph import Model
+from fnlearn.nn.merge import Add, Average, Concatenate, Maximum, Minimum, Multiply, Subtract
+from fnlearn.nn.node import Input, Node
+from fnlearn.nn.norm import BatchNorm, GroupNorm, LayerNorm
+from fnlearn.nn.reshaping import AdaptiveAvgPool2D, UpSampling2D, ZeroPadding2D
+from fnlearn.nn.serial import Sequential, serial
+from fnlearn.nn.summary import describe, summary
 
 __all__ = [
-    "ACTIVATIONS", "Activation", "AvgPool2D", "BatchNorm", "Conv2D", "Dense", "Dropout",
-    "Flatten", "GlobalAveragePooling2D", "Layer", "Linear", "LogSoftmax", "MaxPool2D",
-    "ModelState", "Normalize", "Params", "ReLU", "Reshape", "Sequential", "Shape", "Softmax",
-    "apply", "as_key", "count_params", "explicit_padding", "from_flax", "glorot_uniform",
-    "init", "init_with_state", "serial", "summary", "torch_linear_uniform",
+    "ACTIVATIONS", "Activation", "AdaptiveAvgPool2D", "Add", "Average", "AvgPool2D", "BatchNorm",
+    "Concatenate", "Conv1D", "Conv2D", "Conv2DTranspose", "Dense", "DepthwiseConv2D", "Dropout",
+    "ELU", "Embedding", "Flatten", "GELU", "GlobalAveragePooling2D", "GroupNorm", "HardSigmoid",
+    "Input", "Layer", "LayerNorm", "LeakyReLU", "Linear", "LogSoftmax", "MaxPool2D", "Maximum",
+    "Minimum", "Model", "ModelState", "Multiply", "Node", "Normalize", "Params", "RandomCrop",
+    "RandomFlip", "ReLU", "ReLU6", "Reshape", "Sequential", "Shape", "SiLU", "Sigmoid", "Softmax",
+    "SpatialDropout2D", "Subtract", "Tanh", "UpSampling2D", "ZeroPadding2D", "apply", "as_key",
+    "constructor", "count_params", "describe", "explicit_padding", "fan_out", "from_flax",
+    "from_nnx",
+    "glorot_uniform", "init", "init_with_state", "parallel", "residual", "serial", "summary",
+    "torch_linear_uniform"
 ]

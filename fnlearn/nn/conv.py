@@ -21,8 +21,9 @@ import jax.numpy as jnp
 
 from fnlearn.nn import cpu_conv, cpu_pool
 from fnlearn.nn.activations import activation_fn
-from fnlearn.nn.core import Layer, Shape
+from fnlearn.nn.core import Layer, Shape, constructor
 from fnlearn.nn.dense import glorot_uniform, torch_linear_uniform
+from fnlearn.nn.window import accumulator
 
 Pair = tuple[int, int]
 Padding = tuple[Pair, Pair]
@@ -30,12 +31,15 @@ _DIMENSIONS = ("NHWC", "HWIO", "NHWC")
 
 
 def _conv2d(x: jax.Array, kernel: jax.Array, strides: Pair, padding: Padding,
-            dilation: Pair) -> jax.Array:
-    """Cross-correlation of NHWC ``x`` with an HWIO ``kernel``, explicit padding pairs.
+            dilation: Pair, groups: int = 1, bias: jax.Array | None = None,
+            activation: str | None = None) -> jax.Array:
+    """``activation(conv(x, kernel) + bias)`` of NHWC ``x``, an HWIO ``kernel``, explicit pairs.
 
-    Matrix products on CPU (``cpu_conv``), ``lax.conv_general_dilated`` elsewhere.
+    Matrix products on CPU (``cpu_conv``, which applies the bias and a ReLU to each
+    chunk of output while it is in cache), ``lax.conv_general_dilated`` elsewhere.
     """
-    return cpu_conv.conv2d(x, kernel, strides=strides, padding=padding, dilation=dilation)
+    return cpu_conv.conv2d(x, kernel, strides=strides, padding=padding, dilation=dilation,
+                           groups=groups, bias=bias, activation=activation)
 
 
 def _max_pool(x: jax.Array, window: Pair, strides: Pair, padding: Padding) -> jax.Array:
@@ -50,10 +54,13 @@ def _avg_pool(x: jax.Array, window: Pair, strides: Pair, padding: Padding) -> ja
         return cpu_pool.avg_pool2d(x, window, strides, padding)
     pads = ((0, 0), *padding, (0, 0))
     dims, steps = (1, *window, 1), (1, *strides, 1)
-    total = jax.lax.reduce_window(x, 0.0, jax.lax.add, dims, steps, pads)
-    ones = jnp.ones((1, *x.shape[1:3], 1), x.dtype)
+    # Sums of 16-bit floats run in float32, as in cpu_pool.
+    acc = accumulator(x.dtype) if jnp.issubdtype(x.dtype, jnp.floating) else jnp.float32
+    total = jax.lax.reduce_window(x.astype(acc), 0.0, jax.lax.add, dims, steps, pads)
+    ones = jnp.ones((1, *x.shape[1:3], 1), acc)
     count = jax.lax.reduce_window(ones, 0.0, jax.lax.add, dims, steps, pads)
-    return total / count
+    mean = total / count
+    return mean.astype(x.dtype) if jnp.issubdtype(x.dtype, jnp.floating) else mean
 
 
 def _pair(value, name: str, minimum: int = 1) -> Pair:
@@ -147,9 +154,11 @@ def _spatial(layer: str, input_shape: Shape, window: Pair, strides: Pair, paddin
     return pads, out
 
 
+@constructor
 def Conv2D(filters: int, kernel_size: int | Pair, strides: int | Pair = 1,
            padding: str | int | Padding = "valid", *, dilation: int | Pair = 1,
-           use_bias: bool = True, activation: str | None = None, init: str = "keras") -> Layer:
+           groups: int = 1, use_bias: bool = True, activation: str | None = None,
+           init: str = "keras") -> Layer:
     """A 2-D convolution (Keras ``layers.Conv2D``, PyTorch ``nn.Conv2d``) on NHWC inputs.
 
     Args:
@@ -158,14 +167,22 @@ def Conv2D(filters: int, kernel_size: int | Pair, strides: int | Pair = 1,
       strides: step (height, width), or one int.
       padding: ``"valid"``, ``"same"``, an int, or ``((top, bottom), (left, right))``.
       dilation: spacing of the kernel taps (Keras ``dilation_rate``).
+      groups: channel groups (Keras and PyTorch ``groups``): each group of
+        ``in / groups`` input channels feeds only its ``filters / groups`` outputs;
+        ``groups == in == filters`` is a depthwise convolution. ``filters`` and the
+        input channels must be multiples of it.
       use_bias: add a bias per filter.
       activation: one of ``fnlearn.nn.ACTIVATIONS`` (None means linear).
       init: ``"keras"`` (glorot-uniform kernel with fan_in = kh*kw*in and fan_out =
         kh*kw*out, zero bias) or ``"torch"`` (U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for
         kernel and bias, fan_in = in*kh*kw: PyTorch's kaiming_uniform(a=sqrt(5))).
 
-    The kernel is stored HWIO ``(kh, kw, in, filters)``; PyTorch's weight is its
-    transpose ``(3, 2, 0, 1)``.
+    The kernel is stored HWIO ``(kh, kw, in / groups, filters)``, as Keras stores it;
+    PyTorch's weight is its transpose ``(3, 2, 0, 1)``.
+
+    Raises:
+      ValueError: an argument out of range, naming it; at ``init``, input channels
+        that are not a multiple of ``groups``.
     """
     if isinstance(filters, bool) or not isinstance(filters, int) or filters <= 0:
         raise ValueError(f"Conv2D filters must be a positive int, got {filters!r}")
@@ -174,16 +191,23 @@ def Conv2D(filters: int, kernel_size: int | Pair, strides: int | Pair = 1,
     window = _pair(kernel_size, "Conv2D kernel_size")
     stride = _pair(strides, "Conv2D strides")
     dilate = _pair(dilation, "Conv2D dilation")
+    if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
+        raise ValueError(f"Conv2D groups must be a positive int, got {groups!r}")
+    if filters % groups:
+        raise ValueError(f"Conv2D filters {filters} must be a multiple of groups {groups}")
     pad = _check_padding(padding)
     act = activation_fn(activation)
     config = {"filters": filters, "kernel_size": window, "strides": stride, "padding": padding,
               "explicit_padding": _static_padding(pad, window, stride, dilate),
-              "dilation": dilate, "use_bias": use_bias, "init": init,
+              "dilation": dilate, "groups": groups, "use_bias": use_bias, "init": init,
               "activation": activation or "linear"}
 
     def init_fn(key, input_shape):
         _, (h, w) = _spatial("Conv2D", input_shape, window, stride, pad, dilate)
-        channels = input_shape[-1]
+        if input_shape[-1] % groups:
+            raise ValueError(f"Conv2D input channels {input_shape[-1]} (input shape "
+                             f"{tuple(input_shape)}) must be a multiple of groups {groups}")
+        channels = input_shape[-1] // groups
         shape = (*window, channels, filters)
         fan_in = channels * window[0] * window[1]
         kernel_key, bias_key = jax.random.split(key)
@@ -198,12 +222,15 @@ def Conv2D(filters: int, kernel_size: int | Pair, strides: int | Pair = 1,
             params["bias"] = bias
         return (h, w, filters), params
 
+    # ReLU (and no activation) go into the convolution's own loops; others follow it.
+    fused = activation if activation in ("relu", "linear") else None
+
     def apply_fn(params, x, *, key=None, train=False):
         pads = explicit_padding(pad, x.shape[1:3], window, stride, dilate)
-        y = _conv2d(x.astype(params["kernel"].dtype), params["kernel"], stride, pads, dilate)
-        if use_bias:
-            y = y + params["bias"]
-        return act(y)
+        kernel = params["kernel"]
+        y = _conv2d(x.astype(kernel.dtype), kernel, stride, pads, dilate, groups,
+                    params["bias"] if use_bias else None, fused)
+        return y if activation in (None, "linear", "relu") else act(y)
 
     return Layer(init_fn, apply_fn, "conv2d", config)
 
@@ -226,6 +253,7 @@ def _pool(kind: str, reduce, pool_size, strides, padding) -> Layer:
     return Layer(init_fn, apply_fn, kind, config)
 
 
+@constructor
 def MaxPool2D(pool_size: int | Pair = 2, strides: int | Pair | None = None,
               padding: str | int | Padding = "valid") -> Layer:
     """Maximum over windows (Keras ``MaxPooling2D``, PyTorch ``max_pool2d``).
@@ -236,12 +264,14 @@ def MaxPool2D(pool_size: int | Pair = 2, strides: int | Pair | None = None,
     return _pool("max_pool2d", _max_pool, pool_size, strides, padding)
 
 
+@constructor
 def AvgPool2D(pool_size: int | Pair = 2, strides: int | Pair | None = None,
               padding: str | int | Padding = "valid") -> Layer:
     """Mean over windows (Keras ``AveragePooling2D``); padded pixels are not counted."""
     return _pool("avg_pool2d", _avg_pool, pool_size, strides, padding)
 
 
+@constructor
 def GlobalAveragePooling2D() -> Layer:
     """Mean over height and width: ``(h, w, c) -> (c,)``."""
 
@@ -255,6 +285,7 @@ def GlobalAveragePooling2D() -> Layer:
     return Layer(init_fn, apply_fn, "global_avg_pool2d")
 
 
+@constructor
 def Reshape(target_shape: Sequence[int]) -> Layer:
     """Reshapes each example to ``target_shape`` (Keras ``layers.Reshape``; one -1 allowed)."""
     target = tuple(target_shape)

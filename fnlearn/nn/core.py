@@ -1,4 +1,4 @@
-"""The layer protocol, ``serial``, and the helpers that treat every model alike.
+"""The layer protocol, layer identity and names, and the helpers that treat every model alike.
 
 A layer is a ``Layer`` of two pure functions. Most layers hold no state:
 
@@ -15,20 +15,33 @@ A layer with non-trainable variables (BatchNorm's running statistics) is marked
   where ``mask`` (shape ``(batch,)``) marks the real rows of a padded batch, so
   padding never enters batch statistics.
 
-``serial`` is stateful when any child is, and threads the state through; a stateless
-model never sees state at all. ``init_with_state`` and ``apply`` give one calling
-convention for both kinds, which is what the training step uses.
+A layer with several inputs (``Add``, a graph model) gets them as a tuple, list or
+dict of arrays in ``apply`` and of shapes in ``init``.
+
+Identity: a layer built by fnlearn's constructors (``Dense(10, "relu")``) equals and
+hashes like any other built by the same constructor with the same arguments, so
+rebuilding a model reuses its compiled programs. A ``Layer(init, apply, ...)`` of
+your own compares by identity. Names: every constructor takes ``name=``; a model keys
+a layer's parameters by that name, or by ``<kind>_<n>`` (``dense_0``, ``dense_1``)
+counting the unnamed layers of that kind in order.
+
+``init_with_state`` and ``apply`` give one calling convention for stateless and
+stateful models, which is what the training step uses.
 """
 
 from __future__ import annotations
 
 import functools
+import inspect
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import jax
+import numpy as np
+
+from fnlearn.nn import node as node_lib
 
 Params = dict[str, Any]
 ModelState = dict[str, Any]
@@ -39,8 +52,9 @@ Shape = tuple[int, ...]
 class Layer:
     """A layer: two pure functions plus what summaries and converters need to know.
 
-    Compared and hashed by identity, so a model can be a static argument of ``jax.jit``
-    (one compilation per model object). Unpacks as ``init, apply = layer``, like stax.
+    Usable as a static argument of ``jax.jit``. Unpacks as ``init, apply = layer``, like
+    stax. Called on graph nodes (``layer(x)`` with ``x = nn.Input(...)``) it builds a
+    graph model (``nn.Model``).
 
     Attributes:
       init, apply: the pure functions (see the module docstring for both protocols).
@@ -48,6 +62,10 @@ class Layer:
       config: the hyperparameters, as given.
       children: the layers a combinator (``serial``) is made of.
       stateful: whether ``init``/``apply`` carry non-trainable state.
+      name: the name its parameters are stored under in a model (None: ``<kind>_<n>``).
+      signature: what the layer was built from (constructor and arguments), set by
+        ``constructor``; layers with equal signatures and names compute the same thing
+        and compare equal. None compares by identity.
     """
 
     init: Callable[..., tuple]
@@ -56,13 +74,37 @@ class Layer:
     config: dict[str, Any] = field(default_factory=dict)
     children: tuple[Layer, ...] = ()
     stateful: bool = False
+    name: str | None = None
+    signature: Any = None
 
     def __post_init__(self):
         # ``layer.init(0, shape)`` takes an int seed, as ``nn.init(layer, 0, shape)`` does.
         object.__setattr__(self, "init", _seeded(self.init))
+        check_name(self.name, "layer name")
+        object.__setattr__(self, "_hash", id(self) if self.signature is None
+                           else hash((self.signature, self.name, self.stateful)))
+
+    def __eq__(self, other) -> bool:
+        if self is other:
+            return True
+        if not isinstance(other, Layer) or self.signature is None or other.signature is None:
+            return False
+        return (self._hash == other._hash and self.signature == other.signature
+                and self.name == other.name and self.stateful == other.stateful)
+
+    def __hash__(self) -> int:
+        return self._hash
 
     def __iter__(self):
         return iter((self.init, self.apply))
+
+    def __call__(self, *inputs):
+        """This layer called on graph nodes: the node(s) of its output (``nn.Model``)."""
+        return node_lib.call(self, inputs[0] if len(inputs) == 1 else inputs)
+
+    def __repr__(self) -> str:
+        name = "" if self.name is None else f" {self.name!r}"
+        return f"<Layer {self.kind}{name}>"
 
 
 def _seeded(init_fn: Callable[..., tuple]) -> Callable[..., tuple]:
@@ -79,6 +121,111 @@ def _seeded(init_fn: Callable[..., tuple]) -> Callable[..., tuple]:
     return init
 
 
+def check_name(name, argument: str = "name") -> None:
+    """Refuses a layer name that is not a non-empty string without ``/``."""
+    if name is not None and (not isinstance(name, str) or not name or "/" in name):
+        raise ValueError(f"{argument} must be a non-empty string without '/', got {name!r}")
+
+
+class _Unhashable(Exception):
+    pass
+
+
+class _Same:
+    """An argument compared by identity (an object whose equality fnlearn cannot vouch for)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value):
+        self.value = value
+
+    def __eq__(self, other):
+        return isinstance(other, _Same) and self.value is other.value
+
+    def __hash__(self):
+        return id(self.value)
+
+
+def _frozen(value):
+    """A hashable stand-in for a constructor argument: equal only for arguments that build
+    the same layer (types included, so ``1`` and ``1.0`` differ)."""
+    if value is None or isinstance(value, bool | int | float | str | complex):
+        return type(value).__name__, value
+    if isinstance(value, Layer):
+        return value
+    if isinstance(value, np.generic):
+        return str(value.dtype), value.item()
+    if isinstance(value, list | tuple):
+        return type(value).__name__, tuple(_frozen(v) for v in value)
+    if isinstance(value, dict):
+        return "dict", tuple((_frozen(k), _frozen(v)) for k, v in value.items())
+    if isinstance(value, np.ndarray | jax.Array):
+        raise _Unhashable
+    return _Same(value)  # functions and other objects: by identity
+
+
+def constructor(build: Callable[..., Layer]) -> Callable[..., Layer]:
+    """Decorates a layer constructor: adds ``name=`` and structural equality.
+
+    The layers it returns carry ``signature = (constructor, arguments)``: two built with
+    equal arguments compare and hash equal, so ``jax.jit`` reuses one compilation for a
+    model built twice. Arguments that are arrays make the layer compare by identity.
+    """
+    parameters = inspect.signature(build)
+    qualified = f"{build.__module__}.{build.__qualname__}"
+
+    @functools.wraps(build)
+    def built(*args, name: str | None = None, **kwargs) -> Layer:
+        check_name(name)
+        layer = build(*args, **kwargs)
+        bound = parameters.bind(*args, **kwargs)
+        bound.apply_defaults()
+        try:
+            signature = (qualified, _frozen(dict(bound.arguments)))
+        except _Unhashable:
+            signature = None
+        return replace(layer, name=name, signature=signature)
+
+    built.__signature__ = parameters.replace(parameters=[
+        *parameters.parameters.values(),
+        inspect.Parameter("name", inspect.Parameter.KEYWORD_ONLY, default=None,
+                          annotation="str | None")])
+    return built
+
+
+def layer_names(layers: Sequence[Layer], where: str) -> list[str]:
+    """The name of each layer of ``layers`` (distinct objects, in order) in a model.
+
+    A layer's own ``name``, or ``<kind>_<n>`` with ``n`` counting the unnamed layers of
+    that kind before it (skipping names the user took).
+
+    Raises:
+      ValueError: two layers have the same name (both are named, with their places).
+    """
+    taken: dict[str, int] = {}
+    for position, layer in enumerate(layers):
+        if layer.name is None:
+            continue
+        if layer.name in taken:
+            first = taken[layer.name]
+            raise ValueError(f"{where}: two layers are named {layer.name!r}: layer {first} "
+                             f"({layers[first].kind}) and layer {position} ({layer.kind}); "
+                             "names key the parameters, so they must be unique")
+        taken[layer.name] = position
+    counts: dict[str, int] = {}
+    names = []
+    for layer in layers:
+        if layer.name is not None:
+            names.append(layer.name)
+            continue
+        n = counts.get(layer.kind, 0)
+        while f"{layer.kind}_{n}" in taken:
+            n += 1
+        counts[layer.kind] = n + 1
+        names.append(f"{layer.kind}_{n}")
+    return names
+
+
 def as_key(key: jax.Array | int, argument: str = "key") -> jax.Array:
     """A typed PRNG key from a key (typed or raw ``uint32[2]``) or an int seed."""
     if isinstance(key, bool) or not isinstance(key, int | jax.Array):
@@ -91,17 +238,31 @@ def as_key(key: jax.Array | int, argument: str = "key") -> jax.Array:
     return key
 
 
+def as_shape(input_shape) -> Any:
+    """A per-example shape as a tuple of ints, or a tuple or dict of them (several inputs)."""
+    if isinstance(input_shape, dict):
+        return {key: as_shape(value) for key, value in input_shape.items()}
+    if isinstance(input_shape, list | tuple) and input_shape and all(
+            isinstance(s, list | tuple | dict) for s in input_shape):
+        return tuple(as_shape(s) for s in input_shape)
+    try:
+        return tuple(int(d) for d in input_shape)
+    except TypeError as error:
+        raise TypeError(f"input_shape must be a tuple of ints (per example), or a dict or "
+                        f"tuple of them for several inputs; got {input_shape!r}") from error
+
+
 def init_with_state(model: Layer, key: jax.Array | int,
-                    input_shape: Sequence[int]) -> tuple[Shape, Params, ModelState]:
+                    input_shape: Sequence[int] | Any) -> tuple[Any, Params, ModelState]:
     """``(output_shape, params, state)`` for any model; ``state`` is ``{}`` when it has none."""
-    out = model.init(as_key(key), tuple(input_shape))
+    out = model.init(as_key(key), as_shape(input_shape))
     if model.stateful:
         return out
     shape, params = out
     return shape, params, {}
 
 
-def init(model: Layer, key: jax.Array | int, input_shape: Sequence[int]) -> Params:
+def init(model: Layer, key: jax.Array | int, input_shape: Sequence[int] | Any) -> Params:
     """Initializes ``model`` for per-example ``input_shape`` and returns its parameters.
 
     Use ``init_with_state`` for a model with non-trainable state (BatchNorm).
@@ -109,7 +270,7 @@ def init(model: Layer, key: jax.Array | int, input_shape: Sequence[int]) -> Para
     return init_with_state(model, key, input_shape)[1]
 
 
-def apply(model: Layer, params: Params, x: jax.Array, *, state: ModelState | None = None,
+def apply(model: Layer, params: Params, x, *, state: ModelState | None = None,
           key: jax.Array | None = None, train: bool = False,
           mask: jax.Array | None = None) -> tuple[Any, ModelState]:
     """Runs any model: ``(outputs, new_state)``; a stateless model returns its state as given.
@@ -117,7 +278,7 @@ def apply(model: Layer, params: Params, x: jax.Array, *, state: ModelState | Non
     Args:
       model: the model.
       params: its parameters.
-      x: a batch of inputs.
+      x: a batch of inputs (a tuple or dict of batches for several inputs).
       state: the model state (from ``init_with_state``); ``{}`` or None if it has none.
       key: PRNG key for dropout when ``train``: a key (typed or raw) or an int seed.
       train: training mode (dropout on, batch statistics used and updated).
@@ -130,64 +291,12 @@ def apply(model: Layer, params: Params, x: jax.Array, *, state: ModelState | Non
     return model.apply(params, x, key=key, train=train), state
 
 
-def serial(*layers: Layer) -> Layer:
-    """Composes layers in order (``keras.Sequential`` / ``torch.nn.Sequential``).
-
-    Keys are split once per layer, so adding a layer does not change the
-    initialization of the others before it. Parameters (and state) of the layers
-    that have any are stored under ``"<kind>_<position>"``.
-    """
-    if not layers:
-        raise ValueError("serial needs at least one layer")
-    for i, layer in enumerate(layers):
-        if not isinstance(layer, Layer):
-            raise TypeError(f"serial: argument {i} is {type(layer).__name__}, not a Layer")
-    names = [f"{layer.kind}_{i}" for i, layer in enumerate(layers)]
-    stateful = any(layer.stateful for layer in layers)
-
-    def init_all(key, input_shape):
-        params, state = {}, {}
-        shape = tuple(input_shape)
-        for name, layer, layer_key in zip(names, layers, jax.random.split(key, len(layers))):
-            shape, layer_params, layer_state = init_with_state(layer, layer_key, shape)
-            if layer_params:
-                params[name] = layer_params
-            if layer_state:
-                state[name] = layer_state
-        return shape, params, state
-
-    def apply_all(params, x, *, state=None, key=None, train=False, mask=None):
-        keys = jax.random.split(key, len(layers)) if key is not None else [None] * len(layers)
-        new_state = {}
-        for name, layer, layer_key in zip(names, layers, keys):
-            x, layer_state = apply(layer, params.get(name, {}), x, state=(state or {}).get(name),
-                                   key=layer_key, train=train, mask=mask)
-            if layer_state:
-                new_state[name] = layer_state
-        return x, new_state
-
-    if stateful:
-        return Layer(init_all, apply_all, "serial", {"names": names}, tuple(layers), True)
-
-    def init_fn(key, input_shape):
-        shape, params, _ = init_all(key, input_shape)
-        return shape, params
-
-    def apply_fn(params, x, *, key=None, train=False):
-        return apply_all(params, x, key=key, train=train)[0]
-
-    return Layer(init_fn, apply_fn, "serial", {"names": names}, tuple(layers))
-
-
-Sequential = serial
-
-
 def count_params(params: Any) -> int:
     """Total number of scalars in a parameter pytree."""
     return sum(int(math.prod(leaf.shape)) for leaf in jax.tree_util.tree_leaves(params))
 
 
-def _abstract_init(layer: Layer, key: jax.Array, input_shape: Shape) -> tuple[Shape, Any, Any]:
+def abstract_init(layer: Layer, key: jax.Array, input_shape) -> tuple[Any, Any, Any]:
     """``init_with_state`` without allocating: output shape, parameter and state shapes."""
     shapes = {}
 
@@ -196,36 +305,15 @@ def _abstract_init(layer: Layer, key: jax.Array, input_shape: Shape) -> tuple[Sh
         return params, state
 
     params, state = jax.eval_shape(variables, key)
-    return tuple(int(d) for d in shapes["out"]), params, state
+    return shapes["out"], params, state
 
 
-def summary(model: Layer, input_shape: Sequence[int]) -> str:
-    """A table like Keras ``model.summary()``: layer, output shape, parameter count, total.
+def check_shared(name: str, first, again) -> None:
+    """Refuses a second call of a shared layer that would need weights of other shapes."""
+    def shapes(tree):
+        return jax.tree.map(lambda a: tuple(a.shape), tree)
 
-    Shapes are computed abstractly (``jax.eval_shape``): nothing is allocated.
-    Non-trainable state (BatchNorm statistics) is counted apart, as Keras does.
-    """
-    layers = model.children or (model,)
-    names = model.config.get("names", [model.kind])
-    rows = []
-    shape = tuple(input_shape)
-    key = jax.random.key(0)
-    state_total = 0
-    for name, layer in zip(names, layers):
-        shape, params, state = _abstract_init(layer, key, shape)
-        state_total += count_params(state)
-        kind = "".join(part.capitalize() for part in layer.kind.split("_")).replace("2d", "2D")
-        rows.append((f"{name} ({kind})",
-                     f"(None, {', '.join(map(str, shape))})", count_params(params)))
-    total = sum(r[2] for r in rows)
-    widths = [max(len("Layer (type)"), *(len(r[0]) for r in rows)) + 2,
-              max(len("Output Shape"), *(len(r[1]) for r in rows)) + 2]
-    rule = "-" * (widths[0] + widths[1] + 12)
-    header = f"{'Layer (type)':<{widths[0]}}{'Output Shape':<{widths[1]}}{'Param #':>10}"
-    lines = [rule, header, rule]
-    lines += [f"{n:<{widths[0]}}{s:<{widths[1]}}{p:>10,}" for n, s, p in rows]
-    lines += [rule, f"Total params: {total:,} ({total * 4 / 1024:.2f} KB as float32)"]
-    if state_total:
-        lines.append(f"Non-trainable state: {state_total:,}")
-    lines.append(rule)
-    return "\n".join(lines)
+    if shapes(first) != shapes(again):
+        raise ValueError(f"layer {name!r} is called more than once (shared weights), but its "
+                         f"inputs there need weights of other shapes: {shapes(first)} at the "
+                         f"first call, {shapes(again)} here")

@@ -2,16 +2,21 @@
 
 XLA's CPU gradient of ``lax.reduce_window`` max is ``select_and_scatter``, about
 50 times slower than the pooling itself on the MNIST convnets. Here the pool is
-the maximum of the window's strided slices (``cpu_conv.taps``), and its
+the maximum of the window's strided slices (``window.taps``), and its
 ``custom_vjp`` sends each output's gradient to one input: the first maximum in
 row-major window order, as ``select_and_scatter`` with ``>=`` does for ``lax``'s
-gradient. The spreading back is ``cpu_conv.untaps`` (padding with holes), so the
+gradient. The spreading back is ``window.untaps`` (padding with holes), so the
 whole backward pass is one fused elementwise loop. Like ``conv2d``, both pools
 are ``lax.reduce_window`` off CPU, picked by ``lax.platform_dependent``.
 
 Average pooling divides by the full window size, padding included (PyTorch's
 default ``count_include_pad=True``; the same as ``reduce_window`` add over zero
 padding). With ``"valid"`` padding there is no difference.
+
+Precision: 16-bit float inputs keep their dtype in the output; every sum (the
+average pool's, and the max-pool gradient's additions where windows overlap)
+runs in float32 (``window.accumulator``) and is rounded once. The maximum needs
+no widening: it is exact in any dtype.
 """
 
 from __future__ import annotations
@@ -24,7 +29,15 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from fnlearn.nn.cpu_conv import Geometry, Padding, geometry, pad_input, taps, untaps
+from fnlearn.nn.window import (
+    Geometry,
+    Padding,
+    accumulator,
+    geometry,
+    pad_input,
+    taps,
+    untaps,
+)
 
 
 def _lowest(dtype) -> np.ndarray:
@@ -36,6 +49,11 @@ def _lowest(dtype) -> np.ndarray:
     if jnp.issubdtype(dtype, jnp.floating):
         return np.array(-np.inf, dtype)
     return np.array(jnp.iinfo(dtype).min, dtype)
+
+
+def _mean_dtype(mean: jax.Array, dtype) -> jax.Array:
+    """A mean back in the inputs' float dtype; integer inputs keep a float mean."""
+    return mean.astype(dtype) if jnp.issubdtype(dtype, jnp.floating) else mean
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
@@ -51,13 +69,14 @@ def _max_pool2d_cpu_fwd(x, geom):
 
 def _max_pool2d_cpu_bwd(geom, residuals, dy):
     x, y = residuals
+    acc = accumulator(x.dtype)
     taken = jnp.zeros(y.shape, bool)
     parts = []
     for part in taps(pad_input(x, geom, _lowest(x.dtype)), geom):
         first = (part == y) & ~taken
         taken = taken | first
-        parts.append(jnp.where(first, dy, jnp.zeros((), dy.dtype)))
-    return (untaps(parts, geom),)
+        parts.append(jnp.where(first, dy.astype(acc), jnp.zeros((), acc)))
+    return (untaps(parts, geom).astype(x.dtype),)
 
 
 max_pool2d_cpu.defvjp(_max_pool2d_cpu_fwd, _max_pool2d_cpu_bwd)
@@ -65,8 +84,9 @@ max_pool2d_cpu.defvjp(_max_pool2d_cpu_fwd, _max_pool2d_cpu_bwd)
 
 def avg_pool2d_cpu(x: jax.Array, geom: Geometry) -> jax.Array:
     """The CPU lowering of ``avg_pool2d``: the mean of the window's strided slices."""
-    total = functools.reduce(jnp.add, taps(pad_input(x, geom), geom))
-    return total / (geom.window[0] * geom.window[1])
+    # Widened before the slicing, so that the gradient's additions run in acc too.
+    total = functools.reduce(jnp.add, taps(pad_input(x.astype(accumulator(x.dtype)), geom), geom))
+    return _mean_dtype(total / (geom.window[0] * geom.window[1]), x.dtype)
 
 
 def _pool_geometry(x, window, strides, padding) -> Geometry:
@@ -110,6 +130,8 @@ def avg_pool2d_lax(
 ) -> jax.Array:
     """The reference ``avg_pool2d``: ``lax.reduce_window`` sum over the window size.
 
+    The sum runs in ``accumulator`` of the dtype (float32 for 16-bit floats).
+
     Args:
         x: input ``(batch, height, width, channels)``.
         window, strides, padding: as in ``avg_pool2d``.
@@ -118,8 +140,9 @@ def avg_pool2d_lax(
         ``(batch, out_height, out_width, channels)``.
     """
     geom = _pool_geometry(x, window, strides, padding)
-    total = lax.reduce_window(x, np.array(0, x.dtype), lax.add, *_reduce_window_args(geom))
-    return total / (geom.window[0] * geom.window[1])
+    acc = accumulator(x.dtype)
+    total = lax.reduce_window(x.astype(acc), np.array(0, acc), lax.add, *_reduce_window_args(geom))
+    return _mean_dtype(total / (geom.window[0] * geom.window[1]), x.dtype)
 
 
 def max_pool2d(

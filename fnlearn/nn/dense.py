@@ -1,4 +1,4 @@
-"""Dense layers and the small ones around them: activations, Flatten, Normalize, Dropout.
+"""Dense layers and the small ones around them: activations, Flatten, Normalize, dropout.
 
 All are stateless ``(init, apply)`` pairs (see ``fnlearn.nn.core``).
 """
@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fnlearn.nn.activations import ACTIVATIONS, activation_fn
-from fnlearn.nn.core import Layer, Shape
+from fnlearn.nn.core import Layer, Shape, constructor
 
 
 def glorot_uniform(key: jax.Array, shape: Shape, fan_in: int, fan_out: int) -> jax.Array:
@@ -28,6 +28,7 @@ def torch_linear_uniform(key: jax.Array, shape: Shape, fan_in: int) -> jax.Array
     return jax.random.uniform(key, shape, jnp.float32, -bound, bound)
 
 
+@constructor
 def Dense(units: int, activation: str | None = None, *, use_bias: bool = True,
           init: str = "keras") -> Layer:
     """A fully connected layer ``activation(x @ kernel + bias)`` on the last axis.
@@ -68,6 +69,7 @@ def Dense(units: int, activation: str | None = None, *, use_bias: bool = True,
     return Layer(init_fn, apply_fn, "dense", config)
 
 
+@constructor
 def Linear(in_features: int, out_features: int, bias: bool = True) -> Layer:
     """PyTorch's ``nn.Linear(in_features, out_features, bias)``, with its initialization.
 
@@ -99,39 +101,52 @@ def _elementwise(kind: str, fn: Callable[[jax.Array], jax.Array]) -> Layer:
     return Layer(init_fn, apply_fn, kind)
 
 
+@constructor
 def ReLU() -> Layer:
     """``max(x, 0)``, as a layer of its own (PyTorch style)."""
     return _elementwise("relu", jax.nn.relu)
 
 
+@constructor
 def Softmax() -> Layer:
     """Softmax over the last axis."""
     return _elementwise("softmax", ACTIVATIONS["softmax"])
 
 
+@constructor
 def LogSoftmax() -> Layer:
     """Log-softmax over the last axis (PyTorch's ``nn.LogSoftmax(dim=-1)``), for ``nll_loss``."""
     return _elementwise("log_softmax", ACTIVATIONS["log_softmax"])
 
 
-def Activation(name: str) -> Layer:
+@constructor
+def Activation(activation: str) -> Layer:
     """Any of ``ACTIVATIONS`` as a layer of its own (Keras ``layers.Activation``)."""
-    fn = activation_fn(name)
-    return _elementwise(name, fn)
+    return _elementwise(activation, activation_fn(activation))
 
 
-def Flatten() -> Layer:
-    """Flattens every axis but the batch axis."""
+@constructor
+def Flatten(channels_first: bool = False) -> Layer:
+    """Flattens every axis but the batch axis.
+
+    Args:
+      channels_first: flatten an NHWC image in PyTorch's (C, H, W) order instead of
+        (H, W, C), so the features line up with a PyTorch model's ``torch.flatten``
+        (what ``fnlearn.parity.from_torch`` uses when no Linear follows to absorb the order).
+    """
 
     def init_fn(key, input_shape):
         return (math.prod(input_shape),), {}
 
     def apply_fn(params, x, *, key=None, train=False):
+        if channels_first and x.ndim == 4:
+            x = x.transpose(0, 3, 1, 2)
         return x.reshape(x.shape[0], -1)
 
-    return Layer(init_fn, apply_fn, "flatten")
+    return Layer(init_fn, apply_fn, "flatten", {"channels_first": True} if channels_first else {})
 
 
+@constructor
 def Normalize(mean: float = 0.0, std: float = 1.0) -> Layer:
     """``(x - mean) / std`` in float32, as torchvision's ``Normalize``.
 
@@ -162,6 +177,7 @@ def Normalize(mean: float = 0.0, std: float = 1.0) -> Layer:
     return Layer(init_fn, apply_fn, "normalize", {"mean": mean, "std": std})
 
 
+@constructor
 def Dropout(rate: float) -> Layer:
     """Drops a fraction ``rate`` of the inputs during training, scaling the rest by 1/(1-rate).
 
@@ -184,3 +200,33 @@ def Dropout(rate: float) -> Layer:
         return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
 
     return Layer(init_fn, apply_fn, "dropout", {"rate": rate})
+
+
+@constructor
+def SpatialDropout2D(rate: float) -> Layer:
+    """Drops whole channels of NHWC images during training (Keras ``SpatialDropout2D``,
+    PyTorch ``Dropout2d``), scaling the kept ones by 1/(1-rate).
+
+    Each example drops a fraction ``rate`` of its channels, every pixel of them at once:
+    neighbouring pixels are correlated, so element-wise dropout barely regularizes
+    convolutions. Active only when ``apply`` gets ``train=True``, which then needs ``key``.
+    """
+    if not 0.0 <= rate < 1.0:
+        raise ValueError(f"SpatialDropout2D rate must be in [0, 1), got {rate!r}")
+
+    def init_fn(key, input_shape):
+        if len(input_shape) != 3:
+            raise ValueError(f"SpatialDropout2D needs per-example inputs (height, width, "
+                             f"channels), got shape {tuple(input_shape)}")
+        return tuple(input_shape), {}
+
+    def apply_fn(params, x, *, key=None, train=False):
+        if not train or rate == 0.0:
+            return x
+        if key is None:
+            raise ValueError("SpatialDropout2D with train=True needs a PRNG key: "
+                             "apply(..., key=key)")
+        keep = jax.random.bernoulli(key, 1.0 - rate, (x.shape[0], 1, 1, x.shape[-1]))
+        return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
+
+    return Layer(init_fn, apply_fn, "spatial_dropout2d", {"rate": rate})

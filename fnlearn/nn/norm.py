@@ -1,4 +1,4 @@
-"""Batch normalization, the stateful layer: batch statistics in training, running ones after.
+"""Normalization layers: BatchNorm (stateful: running statistics), LayerNorm, GroupNorm.
 
 ``BatchNorm`` follows the stateful protocol of ``fnlearn.nn.core``: its running
 mean and variance are model state, not parameters. In training it normalizes
@@ -26,11 +26,12 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from fnlearn.nn.core import Layer
+from fnlearn.nn.core import Layer, constructor
 
 _DEFAULTS = {"keras": (0.99, 1e-3), "torch": (0.1, 1e-5)}
 
 
+@constructor
 def BatchNorm(momentum: float | None = None, epsilon: float | None = None, *,
               convention: str = "keras", center: bool = True, scale: bool = True) -> Layer:
     """Normalizes each channel (the last axis) with batch statistics (Keras ``BatchNormalization``).
@@ -111,3 +112,123 @@ def _batch_statistics(x, mask, state, decay: float, unbiased: bool):
     new_state = {"mean": decay * state["mean"] + (1.0 - decay) * stats[0],
                  "var": decay * state["var"] + (1.0 - decay) * stats[1]}
     return mean, var, new_state
+
+
+_EPSILONS = {"keras": 1e-3, "torch": 1e-5}
+
+
+def _epsilon(epsilon, convention: str, layer: str) -> float:
+    if convention not in _EPSILONS:
+        raise ValueError(f"{layer} convention must be 'keras' or 'torch', got {convention!r}")
+    epsilon = _EPSILONS[convention] if epsilon is None else epsilon
+    if isinstance(epsilon, bool) or not isinstance(epsilon, int | float) or epsilon <= 0:
+        raise ValueError(f"{layer} epsilon must be a positive number, got {epsilon!r}")
+    return float(epsilon)
+
+
+def _affine(shape, center: bool, scale: bool) -> dict:
+    params = {}
+    if scale:
+        params["gamma"] = jnp.ones(shape, jnp.float32)
+    if center:
+        params["beta"] = jnp.zeros(shape, jnp.float32)
+    return params
+
+
+def _normalized(x, axes, epsilon, params, broadcast):
+    """``(x - mean) / sqrt(var + epsilon)`` over ``axes`` (biased variance), then the affine."""
+    x32 = x.astype(jnp.float32)
+    mean = jnp.mean(x32, axis=axes, keepdims=True)
+    var = jnp.mean(jnp.square(x32 - mean), axis=axes, keepdims=True)
+    y = (x32 - mean) * jax.lax.rsqrt(var + jnp.float32(epsilon))
+    if "gamma" in params:
+        y = y * broadcast(params["gamma"])
+    if "beta" in params:
+        y = y + broadcast(params["beta"])
+    return y.astype(x.dtype) if jnp.issubdtype(x.dtype, jnp.floating) else y
+
+
+@constructor
+def LayerNorm(axis: int | tuple[int, ...] = -1, epsilon: float | None = None, *,
+              center: bool = True, scale: bool = True, convention: str = "keras") -> Layer:
+    """Normalizes each example over ``axis`` (Keras ``LayerNormalization``, PyTorch ``LayerNorm``).
+
+    Args:
+      axis: the axis or axes normalized over, counting the batch axis as Keras does
+        (-1, the default, is the features; PyTorch's ``normalized_shape`` of the last k
+        dimensions is ``axis=(-k, ..., -1)``). ``gamma`` and ``beta`` have the shape of
+        those axes.
+      epsilon: added to the variance (1e-3 for Keras, 1e-5 for PyTorch by default).
+      center, scale: learn ``beta`` and ``gamma`` (PyTorch: ``elementwise_affine``).
+      convention: ``"keras"`` or ``"torch"``: the default epsilon.
+
+    Any rank works, so sequence and attention layers reuse it on ``(length, features)``.
+    """
+    axes = (axis,) if isinstance(axis, int) and not isinstance(axis, bool) else tuple(axis)
+    if not axes or any(isinstance(a, bool) or not isinstance(a, int) or a == 0 for a in axes):
+        raise ValueError(f"LayerNorm axis must be a non-zero int or ints (they count the batch "
+                         f"axis, as Keras's do), got {axis!r}")
+    eps = _epsilon(epsilon, convention, "LayerNorm")
+
+    def per_example(rank):
+        out = sorted({a - 1 if a > 0 else rank + a for a in axes})
+        if out[0] < 0 or out[-1] >= rank:
+            raise ValueError(f"LayerNorm axis {axis!r} does not fit per-example inputs of rank "
+                             f"{rank}")
+        return out
+
+    def init_fn(key, input_shape):
+        dims = per_example(len(input_shape))
+        return tuple(input_shape), _affine(tuple(input_shape[d] for d in dims), center, scale)
+
+    def apply_fn(params, x, *, key=None, train=False):
+        dims = per_example(x.ndim - 1)
+        shape = [1] * x.ndim
+        for d in dims:
+            shape[d + 1] = x.shape[d + 1]
+        return _normalized(x, tuple(d + 1 for d in dims), eps, params,
+                           lambda p: p.reshape(shape))
+
+    return Layer(init_fn, apply_fn, "layer_norm",
+                 {"axis": axes, "epsilon": eps, "center": center, "scale": scale,
+                  "convention": convention})
+
+
+@constructor
+def GroupNorm(groups: int = 32, epsilon: float | None = None, *, center: bool = True,
+              scale: bool = True, convention: str = "keras") -> Layer:
+    """Normalizes each example over groups of channels (Keras ``GroupNormalization``,
+    PyTorch ``GroupNorm(num_groups, num_channels)``).
+
+    The channels (the last axis) are split into ``groups`` consecutive groups; each is
+    normalized over its channels and every other per-example axis. ``gamma`` and
+    ``beta`` are per channel. ``groups=1`` normalizes over everything, ``groups=C`` is
+    instance normalization.
+
+    Args:
+      groups: how many groups; it must divide the channels.
+      epsilon: added to the variance (1e-3 for Keras, 1e-5 for PyTorch by default).
+      center, scale: learn ``beta`` and ``gamma`` (PyTorch: ``affine``).
+      convention: ``"keras"`` or ``"torch"``: the default epsilon.
+    """
+    if isinstance(groups, bool) or not isinstance(groups, int) or groups <= 0:
+        raise ValueError(f"GroupNorm groups must be a positive int, got {groups!r}")
+    eps = _epsilon(epsilon, convention, "GroupNorm")
+
+    def init_fn(key, input_shape):
+        if not input_shape or input_shape[-1] % groups:
+            raise ValueError(f"GroupNorm groups {groups} must divide the channels (the last "
+                             f"axis) of per-example inputs {tuple(input_shape)}")
+        return tuple(input_shape), _affine((input_shape[-1],), center, scale)
+
+    def apply_fn(params, x, *, key=None, train=False):
+        channels = x.shape[-1]
+        grouped = x.reshape(*x.shape[:-1], groups, channels // groups)
+        axes = (*range(1, x.ndim - 1), x.ndim)  # every axis but the batch and the group
+        y = _normalized(grouped, axes, eps, params,
+                        lambda p: p.reshape(groups, channels // groups))
+        return y.reshape(x.shape)
+
+    return Layer(init_fn, apply_fn, "group_norm",
+                 {"groups": groups, "epsilon": eps, "center": center, "scale": scale,
+                  "convention": convention})

@@ -34,12 +34,18 @@ from fnlearn.parity.convert import (
     variables_to_torch,
 )
 from fnlearn.parity.graphs import keras_ops, torch_ops
-from fnlearn.parity.importer import Imported, Report, from_keras, from_torch
+from fnlearn.parity.importer import (
+    Imported,
+    ImportMismatchError,
+    Report,
+    from_keras,
+    from_torch,
+)
 from fnlearn.parity.registry import REGISTRY, register
 
 __all__ = [
-    "REGISTRY", "Comparison", "Imported", "Report", "align", "assert_close",
-    "assert_close_trees", "compare", "from_keras", "from_torch", "keras_ops",
+    "REGISTRY", "Comparison", "ImportMismatchError", "Imported", "Report", "align",
+    "assert_close", "assert_close_trees", "compare", "from_keras", "from_torch", "keras_ops",
     "params_from_keras", "params_from_torch", "params_to_keras", "params_to_torch", "register",
     "to_keras_model", "to_numpy", "to_torch_module", "torch_ops", "variables_from_keras",
     "variables_from_torch", "variables_to_keras", "variables_to_torch",

@@ -54,7 +54,7 @@ def compare(name: str, actual: Any, expected: Any, *, rtol: float = 1e-5,
     """Measures ``actual`` against ``expected`` element by element.
 
     Args:
-      name: what is compared, for the report (``"dense_1/kernel"``).
+      name: what is compared, for the report (``"dense_0/kernel"``).
       actual: the value under test (fnlearn's), any array-like.
       expected: the reference value (PyTorch's or Keras's), same shape.
       rtol: allowed error relative to ``|expected|``.

@@ -11,6 +11,7 @@ before anything is copied. The per-kind work lives in ``registry.REGISTRY``.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -19,6 +20,7 @@ import jax
 from fnlearn.nn.core import Layer, init_with_state
 from fnlearn.parity import registry
 from fnlearn.parity.graphs import (
+    ELEMENTWISE_KINDS,
     IGNORED_KINDS,
     Op,
     import_keras,
@@ -150,8 +152,10 @@ def _flatten_from(steps: list[Step], index: int) -> tuple[int, ...] | None:
     """The image shape a Dense's input was flattened from, when it directly follows a Flatten."""
     for step in reversed(steps[:index]):
         if step.layer.kind == "flatten":
-            return step.shape if len(step.shape) == 3 else None
-        if step.layer.kind not in IGNORED_KINDS:
+            # A channels-first Flatten already orders the features as PyTorch does.
+            channels_first = step.layer.config.get("channels_first", False)
+            return step.shape if len(step.shape) == 3 and not channels_first else None
+        if step.layer.kind not in IGNORED_KINDS + ELEMENTWISE_KINDS:
             return None
     return None
 
@@ -280,32 +284,31 @@ def _check_tree(what: str, got: dict, like: dict) -> None:
 
 
 def _infer_model(params: Params) -> tuple[Layer, tuple[int, ...]]:
-    """A Dense-only fnlearn model with ``params``'s layer names and shapes (for the old API)."""
+    """A Dense-only fnlearn model with ``params``'s layer names and shapes (for the old API).
+
+    Automatic names (``dense_0``, ``dense_1``, ...) are put in their numeric order (a
+    restored or tree-mapped dict has them in string order); names of your own keep the
+    dict's order.
+    """
     from fnlearn import nn
 
     if not isinstance(params, dict):
         raise TypeError(f"params must be the dict that serial's init returns, "
                         f"got {type(params).__name__}")
-
-    def position(name: str) -> int:
-        suffix = name.rsplit("_", 1)[-1]
-        if not suffix.isdigit():
-            raise ValueError(f"parameter key {name!r} is not '<kind>_<position>' as serial "
-                             "names them")
-        return int(suffix)
-
     if not params:
         raise ValueError("params are empty: pass the fnlearn model's parameters, or model= and "
                          "input_shape=")
-    entries = sorted(params.items(), key=lambda item: position(item[0]))
-    layers: list[Layer] = [nn.Activation("linear")] * (position(entries[-1][0]) + 1)
+    entries = list(params.items())
+    if all(re.fullmatch(r"dense_\d+", name) for name, _ in entries):
+        entries.sort(key=lambda item: int(item[0].rsplit("_", 1)[1]))
+    layers = []
     for name, layer_params in entries:
         if not isinstance(layer_params, dict) or "kernel" not in layer_params or \
                 len(layer_params["kernel"].shape) != 2:
             raise ValueError(f"fnlearn layer {name!r} has parameters "
                              f"{sorted(layer_params) if isinstance(layer_params, dict) else '?'};"
                              " pass model= and input_shape= to convert layers other than Dense")
-        layers[position(name)] = nn.Dense(int(layer_params["kernel"].shape[1]))
+        layers.append(nn.Dense(int(layer_params["kernel"].shape[1]), name=name))
     return nn.serial(*layers), (int(entries[0][1]["kernel"].shape[0]),)
 
 

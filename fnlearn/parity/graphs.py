@@ -18,7 +18,10 @@ from typing import Any, NamedTuple
 # when two models are compared kind by kind. Zero padding is how a convolution's
 # asymmetric or explicit padding is spelled in PyTorch and Keras (a layer before it);
 # the padding itself is checked by running the models, not by the kinds.
-IGNORED_KINDS = ("dropout", "identity", "normalize", "zero_pad")
+IGNORED_KINDS = ("dropout", "spatial_dropout", "identity", "normalize", "zero_pad", "crop")
+# Kinds that act on each feature alone: between a Flatten and a Linear they keep the
+# feature order, which the Linear's rows then absorb.
+ELEMENTWISE_KINDS = ("dropout", "spatial_dropout", "identity", "relu", "tanh", "sigmoid")
 
 
 class Op(NamedTuple):
@@ -55,9 +58,25 @@ TORCH_MODULES = {
     "BatchNorm2d": "batch_norm", "MaxPool2d": "max_pool2d", "AvgPool2d": "avg_pool2d",
     "AdaptiveAvgPool2d": "global_avg_pool2d", "Flatten": "flatten", "ReLU": "relu",
     "Softmax": "softmax", "LogSoftmax": "log_softmax", "Tanh": "tanh", "Sigmoid": "sigmoid",
-    "Dropout": "dropout", "Dropout2d": "dropout", "Identity": "identity", "Normalize": "normalize",
-    "ZeroPad2d": "zero_pad",
+    "Dropout": "dropout", "Dropout2d": "spatial_dropout", "Identity": "identity",
+    "Normalize": "normalize", "ZeroPad2d": "zero_pad", "GELU": "gelu", "LeakyReLU": "leaky_relu",
+    "ELU": "elu", "SiLU": "silu", "Hardsigmoid": "hard_sigmoid", "ReLU6": "relu6",
+    "ConvTranspose2d": "conv2d_transpose", "LayerNorm": "layer_norm", "GroupNorm": "group_norm",
+    "Embedding": "embedding", "Upsample": "upsampling2d",
+    # fnlearn's twins for channels-last layouts (fnlearn.parity.twins)
+    "ChannelsLastConv1d": "conv1d", "ChannelsLastPad1d": "zero_pad",
+    "ChannelwiseLayerNorm": "layer_norm", "ChannelsLastGroupNorm": "group_norm",
 }
+
+
+def _module_kind(module) -> str | None:
+    """The vocabulary kind of a torch module, where its settings decide it."""
+    name = type(module).__name__
+    if name == "GELU" and module.approximate == "tanh":
+        return "gelu_tanh"
+    if name == "AdaptiveAvgPool2d" and module.output_size not in (1, (1, 1)):
+        return "adaptive_avg_pool2d"
+    return TORCH_MODULES.get(name)
 
 
 def _torch_functions(torch) -> dict:
@@ -66,7 +85,9 @@ def _torch_functions(torch) -> dict:
             F.avg_pool2d: "avg_pool2d", torch.flatten: "flatten", F.log_softmax: "log_softmax",
             torch.log_softmax: "log_softmax", F.softmax: "softmax", torch.softmax: "softmax",
             F.dropout: "dropout", torch.tanh: "tanh", F.tanh: "tanh", torch.sigmoid: "sigmoid",
-            F.sigmoid: "sigmoid"}
+            F.sigmoid: "sigmoid", F.silu: "silu", F.relu6: "relu6", F.hardsigmoid: "hard_sigmoid",
+            F.dropout2d: "spatial_dropout", F.elu: "elu", F.leaky_relu: "leaky_relu",
+            F.gelu: "gelu"}
 
 
 TORCH_METHODS = {"relu": "relu", "flatten": "flatten", "view": "flatten", "reshape": "flatten",
@@ -79,7 +100,9 @@ def supported_torch() -> list[str]:
     """What ``torch_ops`` understands, for error messages."""
     return sorted(set(TORCH_MODULES) | {"F.relu", "F.max_pool2d", "F.avg_pool2d",
                                         "torch.flatten", "x.view(n, -1)", "F.log_softmax",
-                                        "F.softmax", "F.dropout", "torch.tanh", "torch.sigmoid"})
+                                        "F.softmax", "F.dropout", "F.dropout2d", "torch.tanh",
+                                        "torch.sigmoid", "F.gelu", "F.silu", "F.relu6",
+                                        "F.hardsigmoid", "F.elu", "F.leaky_relu"})
 
 
 def _function_config(kind: str, node) -> dict:
@@ -92,8 +115,12 @@ def _function_config(kind: str, node) -> dict:
             config["stride"] = config["kernel_size"]
         config.setdefault("padding", 0)
         return config
-    if kind == "dropout":
+    if kind in ("dropout", "spatial_dropout"):
         return {"p": args[0] if args else kwargs.get("p", 0.5)}
+    if kind == "leaky_relu":
+        return {"negative_slope": args[0] if args else kwargs.get("negative_slope", 0.01)}
+    if kind == "elu":
+        return {"alpha": args[0] if args else kwargs.get("alpha", 1.0)}
     if kind in ("log_softmax", "softmax"):
         return {"dim": args[0] if args else kwargs.get("dim")}
     return {}
@@ -164,7 +191,7 @@ def torch_ops(module) -> list[Op]:
                              "converted (no residual adds or concatenations)")
         if node.op == "call_module":
             obj = submodules[node.target]
-            kind = TORCH_MODULES.get(type(obj).__name__)
+            kind = _module_kind(obj)
             config = {}
             if kind is None:
                 raise ValueError(f"unsupported operation {type(obj).__name__} at {where}; "
@@ -173,6 +200,8 @@ def torch_ops(module) -> list[Op]:
             obj = None
             kind = (functions.get(node.target) if node.op == "call_function"
                     else TORCH_METHODS.get(node.target))
+            if kind == "gelu" and node.kwargs.get("approximate") == "tanh":
+                kind = "gelu_tanh"
             if kind is None:
                 raise ValueError(f"unsupported operation at {where}; "
                                  f"supported: {', '.join(supported_torch())}")
@@ -199,7 +228,16 @@ KERAS_LAYERS = {
     "GlobalAveragePooling2D": "global_avg_pool2d", "Flatten": "flatten", "ReLU": "relu",
     "Softmax": "softmax", "Dropout": "dropout", "Reshape": "reshape", "Lambda": "normalize",
     "Rescaling": "normalize", "Activation": "activation", "ZeroPadding2D": "zero_pad",
+    "ZeroPadding1D": "zero_pad", "Cropping2D": "crop", "LeakyReLU": "leaky_relu", "ELU": "elu",
+    "Conv1D": "conv1d", "Conv2DTranspose": "conv2d_transpose",
+    "DepthwiseConv2D": "conv2d", "LayerNormalization": "layer_norm",
+    "GroupNormalization": "group_norm", "Embedding": "embedding", "UpSampling2D": "upsampling2d",
+    "AdaptiveAveragePooling2D": "adaptive_avg_pool2d", "SpatialDropout2D": "spatial_dropout",
+    "RandomFlip": "identity", "Identity": "identity",
 }
+_KERAS_WITH_ACTIVATION = ("Dense", "Conv2D", "Conv1D", "Conv2DTranspose", "DepthwiseConv2D")
+KERAS_ACTIVATIONS = ("linear", "relu", "softmax", "log_softmax", "tanh", "sigmoid", "gelu",
+                     "gelu_tanh", "leaky_relu", "elu", "silu", "hard_sigmoid", "relu6")
 
 
 def keras_ops(keras_model) -> list[Op]:
@@ -227,9 +265,11 @@ def keras_ops(keras_model) -> list[Op]:
                              f"{', '.join(sorted(KERAS_LAYERS))}")
         if kind == "activation":
             kind = _keras_activation_name(layer.activation, where)
+        elif kind == "adaptive_avg_pool2d" and tuple(layer.output_size) == (1, 1):
+            kind = "global_avg_pool2d"
         ops.append(Op(kind, layer, where, {}))
         activation = getattr(layer, "activation", None)
-        if name in ("Dense", "Conv2D") and activation is not None:
+        if name in _KERAS_WITH_ACTIVATION and activation is not None:
             act = _keras_activation_name(activation, where)
             if act != "linear":
                 ops.append(Op(act, None, f"{where} activation", {}))
@@ -238,6 +278,6 @@ def keras_ops(keras_model) -> list[Op]:
 
 def _keras_activation_name(function, where: str) -> str:
     name = getattr(function, "__name__", str(function))
-    if name not in ("linear", "relu", "softmax", "log_softmax", "tanh", "sigmoid"):
+    if name not in KERAS_ACTIVATIONS:
         raise ValueError(f"unsupported activation {name!r} at {where}")
     return name

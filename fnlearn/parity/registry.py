@@ -1,6 +1,7 @@
 """One entry per fnlearn layer kind: its ops, its PyTorch and Keras twins, its weights both ways.
 
-A new layer kind is one ``register`` call here. Each entry knows
+A new layer kind is one ``register`` call here (the entries of the layers beyond the
+first models are in ``twins``, added below). Each entry knows
 
 * ``ops(layer)``: the kinds it amounts to in the shared vocabulary of ``graphs``
   (a Dense with a relu is ``("linear", "relu")``);
@@ -17,46 +18,20 @@ Dense after a Flatten of an image flattens (H, W, C) in fnlearn and Keras but
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 
-from fnlearn.parity.compare import to_numpy
+from fnlearn.parity import twins
 from fnlearn.parity.graphs import import_torch
-
-
-class Entry(NamedTuple):
-    ops: Callable
-    torch: Callable
-    keras: Callable
-    to_torch: Callable | None = None
-    from_torch: Callable | None = None
-    to_keras: Callable | None = None
-    from_keras: Callable | None = None
-
+from fnlearn.parity.twins import Entry, act, f32, torch_activation
 
 REGISTRY: dict[str, Entry] = {}
-ACTIVATION_KINDS = ("relu", "softmax", "log_softmax", "tanh", "sigmoid")
 
 
 def register(kind: str, entry: Entry) -> None:
     """Adds (or replaces) the converter of fnlearn layer kind ``kind``."""
     REGISTRY[kind] = entry
-
-
-def _act(name: str) -> tuple[str, ...]:
-    return () if name in (None, "linear") else (name,)
-
-
-def torch_activation(nn, name: str):
-    return {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh,
-            "softmax": lambda: nn.Softmax(dim=-1),
-            "log_softmax": lambda: nn.LogSoftmax(dim=-1)}[name]()
-
-
-def _f32(array) -> np.ndarray:
-    return np.ascontiguousarray(to_numpy(array), np.float32)
 
 
 def pairs(padding, kernel, strides, dilation, shape) -> tuple[tuple[int, int], ...]:
@@ -119,22 +94,19 @@ def _normalize_keras(keras, layer, shape):
 register("normalize", Entry(lambda layer: ("normalize",), _normalize_torch, _normalize_keras))
 register("linear", Entry(lambda layer: (), lambda layer, shape: [],
                          lambda keras, layer, shape: []))
+def _flatten_keras(keras, layer, shape):
+    if layer.config.get("channels_first") and len(shape) == 3:
+        raise ValueError("a Flatten in PyTorch's (C, H, W) order (Flatten(channels_first=True)) "
+                         "has no Keras twin: Keras flattens (H, W, C)")
+    return [keras.layers.Flatten()]
+
+
 register("flatten", Entry(lambda layer: ("flatten",),
-                          lambda layer, shape: [_torch().nn.Flatten()],
-                          lambda keras, layer, shape: [keras.layers.Flatten()]))
+                          lambda layer, shape: [_torch().nn.Flatten()], _flatten_keras))
 register("dropout", Entry(lambda layer: ("dropout",),
                           lambda layer, shape: [_torch().nn.Dropout(layer.config["rate"])],
                           lambda keras, layer, shape: [keras.layers.Dropout(
                               layer.config["rate"])]))
-for _kind in ACTIVATION_KINDS:
-    register(_kind, Entry(
-        lambda layer, k=_kind: (k,),
-        lambda layer, shape, k=_kind: [torch_activation(_torch().nn, k)],
-        lambda keras, layer, shape, k=_kind: [
-            keras.layers.ReLU() if k == "relu" else keras.layers.Softmax(axis=-1)
-            if k == "softmax" else keras.layers.Activation(k)]))
-
-
 def _torch():
     return import_torch()
 
@@ -143,18 +115,19 @@ def _torch():
 
 
 def _dense_ops(layer):
-    return ("linear", *_act(layer.config.get("activation")))
+    return ("linear", *act(layer.config.get("activation")))
 
 
 def _dense_torch(layer, shape):
     nn = _torch().nn
     modules = [nn.Linear(shape[-1], layer.config["units"],
                          bias=layer.config.get("bias", True))]
-    return modules + [torch_activation(nn, a) for a in _act(layer.config.get("activation"))]
+    return modules + [torch_activation(nn, a) for a in act(layer.config.get("activation"))]
 
 
 def _dense_keras(keras, layer, shape):
-    return [keras.layers.Dense(layer.config["units"], activation=layer.config["activation"],
+    return [keras.layers.Dense(layer.config["units"],
+                               activation=twins.keras_activation(keras, layer.config["activation"]),
                                use_bias=layer.config.get("bias", True))]
 
 
@@ -165,29 +138,29 @@ def _permutation(flatten_from):
 
 
 def _dense_to_torch(params, state, layer, module, flatten_from):
-    kernel = _f32(params["kernel"])
+    kernel = f32(params["kernel"])
     if flatten_from is not None:
         kernel = kernel[np.argsort(_permutation(flatten_from))]
     out = {"weight": kernel.T}
     if "bias" in params:
-        out["bias"] = _f32(params["bias"])
+        out["bias"] = f32(params["bias"])
     return out
 
 
 def _dense_from_torch(tensors, layer, module, flatten_from):
-    kernel = _f32(tensors["weight"]).T
+    kernel = f32(tensors["weight"]).T
     if flatten_from is not None:
         kernel = kernel[_permutation(flatten_from)]
     params = {"kernel": np.ascontiguousarray(kernel)}
     if tensors.get("bias") is not None:
-        params["bias"] = _f32(tensors["bias"])
+        params["bias"] = f32(tensors["bias"])
     return params, {}
 
 
 register("dense", Entry(
     _dense_ops, _dense_torch, _dense_keras, _dense_to_torch, _dense_from_torch,
-    lambda params, state, layer: [_f32(params[k]) for k in ("kernel", "bias") if k in params],
-    lambda weights, layer: ({k: _f32(w) for k, w in zip(("kernel", "bias"), weights)}, {})))
+    lambda params, state, layer: [f32(params[k]) for k in ("kernel", "bias") if k in params],
+    lambda weights, layer: ({k: f32(w) for k, w in zip(("kernel", "bias"), weights)}, {})))
 
 
 # --- Conv2D and pooling ---------------------------------------------------------------------
@@ -205,7 +178,7 @@ def _conv_torch(layer, shape):
     modules.append(nn.Conv2d(shape[-1], c["filters"], tuple(c["kernel_size"]),
                              stride=tuple(c["strides"]), padding=(top, left),
                              dilation=tuple(c["dilation"]), bias=c["use_bias"]))
-    return modules + [torch_activation(nn, a) for a in _act(c.get("activation"))]
+    return modules + [torch_activation(nn, a) for a in act(c.get("activation"))]
 
 
 def _conv_keras(keras, layer, shape):
@@ -219,30 +192,31 @@ def _conv_keras(keras, layer, shape):
     layers.append(keras.layers.Conv2D(c["filters"], tuple(c["kernel_size"]),
                                       strides=tuple(c["strides"]), padding=padding,
                                       dilation_rate=tuple(c["dilation"]),
-                                      activation=c.get("activation") or "linear",
+                                      activation=twins.keras_activation(
+                                          keras, c.get("activation") or "linear"),
                                       use_bias=c["use_bias"]))
     return layers
 
 
 def _conv_to_torch(params, state, layer, module, flatten_from):
-    out = {"weight": np.ascontiguousarray(_f32(params["kernel"]).transpose(3, 2, 0, 1))}
+    out = {"weight": np.ascontiguousarray(f32(params["kernel"]).transpose(3, 2, 0, 1))}
     if "bias" in params:
-        out["bias"] = _f32(params["bias"])
+        out["bias"] = f32(params["bias"])
     return out
 
 
 def _conv_from_torch(tensors, layer, module, flatten_from):
-    params = {"kernel": np.ascontiguousarray(_f32(tensors["weight"]).transpose(2, 3, 1, 0))}
+    params = {"kernel": np.ascontiguousarray(f32(tensors["weight"]).transpose(2, 3, 1, 0))}
     if tensors.get("bias") is not None:
-        params["bias"] = _f32(tensors["bias"])
+        params["bias"] = f32(tensors["bias"])
     return params, {}
 
 
 register("conv2d", Entry(
-    lambda layer: ("conv2d", *_act(layer.config.get("activation"))),
+    lambda layer: ("conv2d", *act(layer.config.get("activation"))),
     _conv_torch, _conv_keras, _conv_to_torch, _conv_from_torch,
-    lambda params, state, layer: [_f32(params[k]) for k in ("kernel", "bias") if k in params],
-    lambda weights, layer: ({k: _f32(w) for k, w in zip(("kernel", "bias"), weights)}, {})))
+    lambda params, state, layer: [f32(params[k]) for k in ("kernel", "bias") if k in params],
+    lambda weights, layer: ({k: f32(w) for k, w in zip(("kernel", "bias"), weights)}, {})))
 
 
 def _pool_torch(kind):
@@ -303,44 +277,51 @@ def _bn_keras(keras, layer, shape):
 def _bn_params(layer, gamma, beta):
     params = {}
     if layer.config["scale"]:
-        params["gamma"] = _f32(gamma)
+        params["gamma"] = f32(gamma)
     if layer.config["center"]:
-        params["beta"] = _f32(beta)
+        params["beta"] = f32(beta)
     return params
 
 
 def _bn_to_torch(params, state, layer, module, flatten_from):
-    out = {"running_mean": _f32(state["mean"]), "running_var": _f32(state["var"])}
+    out = {"running_mean": f32(state["mean"]), "running_var": f32(state["var"])}
     if "gamma" in params:
-        out["weight"] = _f32(params["gamma"])
+        out["weight"] = f32(params["gamma"])
     if "beta" in params:
-        out["bias"] = _f32(params["beta"])
+        out["bias"] = f32(params["beta"])
     return out
 
 
 def _bn_from_torch(tensors, layer, module, flatten_from):
     return (_bn_params(layer, tensors.get("weight"), tensors.get("bias")),
-            {"mean": _f32(tensors["running_mean"]), "var": _f32(tensors["running_var"])})
+            {"mean": f32(tensors["running_mean"]), "var": f32(tensors["running_var"])})
 
 
 def _bn_to_keras(params, state, layer):
-    weights = [_f32(params[k]) for k in ("gamma", "beta") if k in params]
-    return weights + [_f32(state["mean"]), _f32(state["var"])]
+    weights = [f32(params[k]) for k in ("gamma", "beta") if k in params]
+    return weights + [f32(state["mean"]), f32(state["var"])]
 
 
 def _bn_from_keras(weights, layer):
     weights = list(weights)
     gamma = weights.pop(0) if layer.config["scale"] else None
     beta = weights.pop(0) if layer.config["center"] else None
-    return _bn_params(layer, gamma, beta), {"mean": _f32(weights[0]), "var": _f32(weights[1])}
+    return _bn_params(layer, gamma, beta), {"mean": f32(weights[0]), "var": f32(weights[1])}
 
 
 register("batch_norm", Entry(lambda layer: ("batch_norm",), _bn_torch, _bn_keras, _bn_to_torch,
                              _bn_from_torch, _bn_to_keras, _bn_from_keras))
 
 
+for _kind, _entry in twins.entries().items():
+    register(_kind, _entry)
+
+
 def entry(layer, position: int, target: str) -> Entry:
     """The registered entry for ``layer``, or a clear error naming it and what is supported."""
+    if "graph" in layer.config:
+        raise ValueError(f"fnlearn layer {layer.kind!r} at position {position} is a graph model: "
+                         f"only chains (serial) have {target} twins so far")
     found = REGISTRY.get(layer.kind)
     if found is None or "flax_module" in layer.config:
         raise ValueError(f"fnlearn layer {layer.kind!r} at position {position} has no "

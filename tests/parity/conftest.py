@@ -2,7 +2,7 @@
 
 Without the parity extra the checks are skipped with a one-line reason. With
 ``FNLEARN_REQUIRE_PARITY=1`` (CI sets it) a missing framework is a failure instead, so a
-broken install cannot pass as "all skipped".
+broken install cannot pass as "all skipped" (``need`` in ``tests/conftest.py``).
 
 Every check records its worst measured error with ``record``; the terminal summary lists
 them, which is where the numbers in docs/parity.md come from.
@@ -10,7 +10,6 @@ them, which is where the numbers in docs/parity.md come from.
 
 from __future__ import annotations
 
-import importlib
 import os
 
 import pytest
@@ -23,34 +22,24 @@ os.environ["KERAS_BACKEND"] = "tensorflow"
 _MEASURED: list[tuple[str, str]] = []
 
 
-def _require(module_name: str):
-    try:
-        return importlib.import_module(module_name)
-    except ImportError as error:
-        reason = f"{module_name} is not importable ({error}); pip install -e '.[parity]'"
-        if os.environ.get("FNLEARN_REQUIRE_PARITY") == "1":
-            pytest.fail(f"FNLEARN_REQUIRE_PARITY=1 but {reason}", pytrace=False)
-        pytest.skip(reason)
-
-
 @pytest.fixture(scope="session")
-def torch():
+def torch(need):
     """The ``torch`` module, with CPU threads fixed so results repeat run to run."""
-    module = _require("torch")
+    module = need("torch")
     module.set_num_threads(1)
     return module
 
 
 @pytest.fixture(scope="session")
-def tf():
+def tf(need):
     """The ``tensorflow`` module."""
-    return _require("tensorflow")
+    return need("tensorflow")
 
 
 @pytest.fixture(scope="session")
-def keras(tf):
+def keras(tf, need):
     """The ``keras`` module (Keras 3 on the TensorFlow backend)."""
-    module = _require("keras")
+    module = need("keras")
     if module.backend.backend() != "tensorflow":
         pytest.fail(f"Keras runs on {module.backend.backend()!r}; the parity checks need "
                     "KERAS_BACKEND=tensorflow set before keras is first imported",

@@ -75,10 +75,10 @@ def test_weights_round_trip_through_torch_exactly(torch, convention, record):
     # OIHW in PyTorch, HWIO in fnlearn.
     assert tuple(named["0.weight"].shape) == (4, 3, 3, 3)
     np.testing.assert_array_equal(named["0.weight"].numpy(), np.transpose(conv, (3, 2, 0, 1)))
-    for torch_name, ours in [("weight", params["batch_norm_1"]["gamma"]),
-                             ("bias", params["batch_norm_1"]["beta"]),
-                             ("running_mean", state["batch_norm_1"]["mean"]),
-                             ("running_var", state["batch_norm_1"]["var"])]:
+    for torch_name, ours in [("weight", params["batch_norm_0"]["gamma"]),
+                             ("bias", params["batch_norm_0"]["beta"]),
+                             ("running_mean", state["batch_norm_0"]["mean"]),
+                             ("running_var", state["batch_norm_0"]["var"])]:
         np.testing.assert_array_equal(named[f"2.{torch_name}"].numpy(), np.asarray(ours))
     back_params, back_state = parity.variables_from_torch(module, model=model,
                                                           input_shape=(12, 12, 3))
@@ -98,10 +98,10 @@ def test_weights_round_trip_through_keras_exactly(keras, convention, record):
     bn = next(layer for layer in keras_model.layers
               if type(layer).__name__ == "BatchNormalization")
     by_name = {v.path.rsplit("/", 1)[1]: v.numpy() for v in bn.weights}
-    for keras_name, ours in [("gamma", params["batch_norm_1"]["gamma"]),
-                             ("beta", params["batch_norm_1"]["beta"]),
-                             ("moving_mean", state["batch_norm_1"]["mean"]),
-                             ("moving_variance", state["batch_norm_1"]["var"])]:
+    for keras_name, ours in [("gamma", params["batch_norm_0"]["gamma"]),
+                             ("beta", params["batch_norm_0"]["beta"]),
+                             ("moving_mean", state["batch_norm_0"]["mean"]),
+                             ("moving_variance", state["batch_norm_0"]["var"])]:
         np.testing.assert_array_equal(by_name[keras_name], np.asarray(ours))
     back_params, back_state = parity.variables_from_keras(keras_model, model=model,
                                                           input_shape=(12, 12, 3))
@@ -141,7 +141,7 @@ def test_fc1_without_the_flatten_permutation_is_caught(torch, net_setup, record)
     state = parity.variables_to_torch(params, net, model=model, input_shape=IMAGE)
     # The port everybody writes first: fc1.weight = kernel.T, as for any Linear.
     state["fc1.weight"] = torch.from_numpy(np.ascontiguousarray(
-        np.asarray(params["dense_7"]["kernel"]).T))
+        np.asarray(params["dense_0"]["kernel"]).T))
     net.load_state_dict(state)
     with torch.no_grad():
         expected = net(normalized)
@@ -162,7 +162,7 @@ def fnlearn_grads(model, params, x, y, recipe):
 
 def check_grads(record, ours, theirs, context):
     assert {k: sorted(v) for k, v in ours.items()} == {k: sorted(v) for k, v in theirs.items()}
-    worst = (0.0, "")
+    worst, used = (0.0, ""), 0.0
     for name, leaves in theirs.items():
         for leaf, expected in leaves.items():
             scale = float(np.max(np.abs(np.asarray(expected))))
@@ -171,7 +171,16 @@ def check_grads(record, ours, theirs, context):
             assert result.passed, str(result)
             worst = max(worst, (result.max_abs_error / scale, f"{name}/{leaf}: max abs error "
                                 f"{result.max_abs_error:.1e}, largest |grad| {scale:.1e}"))
+            used = max(used, allowance_used(result))
     record("gradients, worst abs error / largest |grad|", f"{worst[0]:.1e} ({worst[1]})")
+    record("gradients, largest share of the allowance used", f"{used:.2f}")
+
+
+def allowance_used(result) -> float:
+    """|error| / (atol + rtol * |expected|) at the worst element: what the check compares to 1."""
+    allowed = result.atol + result.rtol * abs(result.expected_at_worst)
+    error = abs(result.actual_at_worst - result.expected_at_worst)
+    return error / allowed if allowed else float(error > 0)
 
 
 @pytest.fixture(scope="module")
