@@ -4,9 +4,11 @@ Layouts follow Keras, so Keras weights copy as they are: images NHWC, sequences 
 (batch, length, channels); ``Conv1D`` kernels ``(k, in, out)``, ``Conv2DTranspose``
 kernels ``(kh, kw, out, in)`` (Keras's), ``DepthwiseConv2D`` kernels
 ``(kh, kw, in, depth_multiplier)``. PyTorch's layouts differ by transposes
-(``fnlearn.parity.registry`` does them). All go through ``lax.conv_general_dilated``;
-``DepthwiseConv2D`` is a grouped convolution with one group per input channel
-(``feature_group_count``), PyTorch's ``Conv2d(c, c * m, k, groups=c)``.
+(``fnlearn.parity.registry`` does them). ``Conv1D`` and ``DepthwiseConv2D`` go through
+``lax.conv_general_dilated``, ``Conv2DTranspose`` through the input gradient of
+``cpu_conv.conv2d`` (matrix products on CPU); ``DepthwiseConv2D`` is a grouped
+convolution with one group per input channel (``feature_group_count``), PyTorch's
+``Conv2d(c, c * m, k, groups=c)``.
 
 ``padding`` is ``"valid"``, ``"same"`` (TensorFlow's: ``ceil(n / stride)`` outputs, the
 odd pixel at the end), ``"causal"`` (``Conv1D`` only: all padding before, Keras's) or
@@ -22,6 +24,7 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 
+from fnlearn.nn import cpu_conv
 from fnlearn.nn.activations import activation_fn
 from fnlearn.nn.core import Layer, constructor
 from fnlearn.nn.dense import glorot_uniform, torch_linear_uniform
@@ -222,18 +225,21 @@ def Conv2DTranspose(filters: int, kernel_size, strides=1, padding="valid", *,
 
     def apply_fn(params, x, *, key=None, train=False):
         kernel = params["kernel"]
-        # A convolution of the stride-dilated input with the flipped, transposed kernel.
-        flipped = jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2)
         sizes = crops(x.shape[1:3])
-        pads = [(d * (k - 1) - before, d * (k - 1) - after)
-                for (before, after, _), k, d in zip(sizes, window, dilate)]
-        y = jax.lax.conv_general_dilated(
-            x.astype(kernel.dtype), flipped, (1, 1), [(max(a, 0), max(b, 0)) for a, b in pads],
-            lhs_dilation=stride, rhs_dilation=dilate,
-            dimension_numbers=("NHWC", "HWIO", "NHWC"))
-        # Crops deeper than the kernel's reach are slices of the result.
-        (top, bottom), (left, right) = [(max(-a, 0), max(-b, 0)) for a, b in pads]
-        y = y[:, top:y.shape[1] - bottom, left:y.shape[2] - right]
+        # The input gradient of the Conv2D this layer transposes, through cpu_conv.conv2d:
+        # products and col2im on CPU. XLA's own (an lhs-dilated convolution) ran a DCGAN
+        # generator's step 35x slower inside fit's compiled epoch. That Conv2D's padded
+        # input is the full output; rows past it (output_padding) get no contribution.
+        short = [max(-after, 0) for _, after, _ in sizes]
+        inner = [length - cut for (_, _, length), cut in zip(sizes, short)]
+        pads = tuple((before, max(after, 0)) for before, after, _ in sizes)
+        _, transpose = jax.vjp(
+            lambda y: cpu_conv.conv2d(y, kernel, strides=stride, padding=pads,
+                                      dilation=dilate),
+            jnp.zeros((x.shape[0], *inner, filters), kernel.dtype))
+        (y,) = transpose(x.astype(kernel.dtype))
+        if any(short):
+            y = jnp.pad(y, ((0, 0), (0, short[0]), (0, short[1]), (0, 0)))
         return act(y + params["bias"] if use_bias else y)
 
     return Layer(init_fn, apply_fn, "conv2d_transpose",
