@@ -157,6 +157,7 @@ def rebuild(layer: Layer, changes: dict[str, Any] | None = None,
     arguments = signature.arguments.signature.bind(*signature.arguments.args,
                                                    **signature.arguments.kwargs)
     arguments.apply_defaults()
+    arguments.arguments.pop("name", None)  # passed on its own, below
     for argument, value in list(arguments.arguments.items()):
         if children is not None:
             arguments.arguments[argument] = _map_layers(value, children)
