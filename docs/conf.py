@@ -21,6 +21,8 @@ os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [os.environ
     "PYTHONPATH")])])
 # Executed pages draw with matplotlib's file backend, never a window.
 os.environ.setdefault("MPLBACKEND", "agg")
+# TensorFlow's C++ start-up notices (oneDNN, absl) are not part of any example's output.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import fnlearn  # noqa: E402 - after the path is set
 
