@@ -87,7 +87,7 @@ def fit(model: Layer | None, x, y=None, *, loss: str | Callable | dict | None = 
       mesh: a ``jax.sharding.Mesh`` whose first axis (the data axis) splits every batch
         and the in-memory dataset; parameters and optimizer state are replicated unless
         ``param_sharding`` splits them (or ``state`` comes sharded: its placement is kept).
-      param_sharding: a rule from parameter paths to ``PartitionSpec``s over ``mesh``
+      param_sharding: a rule from parameter paths to ``PartitionSpec`` values over ``mesh``
         (``fnlearn.sharding``: ``fsdp()``, ``tensor_parallel()``, ``rules(...)``,
         ``combine(...)``); optimizer state follows its parameters.
       progress_every: steps between progress-bar updates with ``verbose=1``.

@@ -26,6 +26,7 @@ import jax.numpy as jnp
 from fnlearn.nn.core import Layer, constructor
 from fnlearn.nn.precision import widened
 
+#: The activation functions by name, as ``Dense(..., activation=...)`` takes them.
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "linear": lambda x: x,
     "relu": jax.nn.relu,

@@ -43,7 +43,9 @@ import numpy as np
 
 from fnlearn.nn import node as node_lib
 
+#: A model's parameters: a dict of arrays (or of such dicts) keyed by layer name.
 Params = dict[str, Any]
+#: A model's non-trainable state (BatchNorm statistics), keyed like ``Params``.
 ModelState = dict[str, Any]
 Shape = tuple[int, ...]
 
