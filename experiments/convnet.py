@@ -14,6 +14,7 @@ Images stay uint8 on the device, shaped (N, 28, 28, 1); each model's first layer
 scale them as the reference program's preprocessing does (``fnlearn.models``).
 
     python experiments/convnet.py --recipe keras|torch [--epochs N] [--train-size N]
+                                  [--policy float32|mixed_bfloat16]
 """
 
 from __future__ import annotations
@@ -45,6 +46,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="folder of the four IDX files (default: $FNLEARN_DATA_DIR)")
     parser.add_argument("--dataset", choices=("mnist", "fashion_mnist"), default="mnist")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--policy", choices=sorted(fl.nn.policy.POLICIES), default="float32",
+                        help="precision policy: mixed_bfloat16 computes in bfloat16, weights "
+                             "float32 (default: %(default)s)")
     parser.add_argument("--verbose", type=int, choices=(0, 1, 2), default=2,
                         help="0 silent, 1 progress bar, 2 one line per epoch (default)")
     parser.add_argument("--out", type=pathlib.Path, default=None,
@@ -87,6 +91,7 @@ def main(argv: list[str] | None = None) -> dict:
     x_train, x_test = x_train[..., None], x_test[..., None]
     print(f"{args.dataset} from {data.source}: {len(x_train)} train, {len(x_test)} test images")
     model = fl.models.keras_convnet() if args.recipe == "keras" else fl.models.torch_mnist_net()
+    model = fl.nn.with_policy(model, args.policy)
     print(fl.nn.summary(model, x_train.shape[1:]))
 
     started = time.perf_counter()
@@ -104,7 +109,7 @@ def main(argv: list[str] | None = None) -> dict:
     fit_seconds = time.perf_counter() - started
     print(f"Test loss: {results['loss']:.4f}")
     print(f"Test accuracy: {results['accuracy'] * 100:.2f}%")
-    print(f"Training took {fit_seconds:.0f}s")
+    print(f"Training took {fit_seconds:.0f}s ({args.policy})")
 
     if not args.no_plots:
         out = args.out or pathlib.Path(f"out/convnet_{args.recipe}")

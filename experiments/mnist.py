@@ -7,6 +7,7 @@ first layer divides by 255 exactly as the article's ``images / 255.0``.
 
     python experiments/mnist.py [--dataset mnist|fashion_mnist] [--data-dir DIR] [--epochs 5]
                                 [--out out/mnist] [--logdir logs/mnist]
+                                [--policy float32|mixed_bfloat16]
 
 ``--dataset fashion_mnist`` trains the same model on Fashion-MNIST, as swapping
 ``keras.datasets.mnist`` for ``keras.datasets.fashion_mnist`` does in Keras.
@@ -40,7 +41,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--cache-dir", type=pathlib.Path, default=None,
                         help="where downloads are kept (default: $FNLEARN_DATA_CACHE, else "
                              "~/.cache/fnlearn)")
+    parser.add_argument("--no-verify", action="store_true",
+                        help="load IDX files that are not the official ones (your own data "
+                             "in the same format) without the digest check")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--policy", choices=sorted(fl.nn.policy.POLICIES), default="float32",
+                        help="precision policy: mixed_bfloat16 computes in bfloat16, weights "
+                             "float32 (default: %(default)s)")
     parser.add_argument("--verbose", type=int, choices=(0, 1, 2), default=2,
                         help="0 silent, 1 progress bar, 2 one line per epoch (default)")
     parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path("out/mnist"),
@@ -66,11 +73,12 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     started = time.perf_counter()
     (x_train, y_train), (x_test, y_test) = data = LOADERS[args.dataset](
-        source=args.source, data_dir=args.data_dir, cache_dir=args.cache_dir)
+        source=args.source, data_dir=args.data_dir, cache_dir=args.cache_dir,
+        verify=not args.no_verify)
     print(f"{TITLES[args.dataset]} from {data.source}: {len(x_train)} train, "
           f"{len(x_test)} test images")
 
-    model = fl.models.article_mlp()
+    model = fl.nn.with_policy(fl.models.article_mlp(), args.policy)
     loss = fl.losses.sparse_categorical_crossentropy
     checkpoint_dir = args.checkpoint_dir
     if args.resume and checkpoint_dir is None:

@@ -12,6 +12,8 @@ Modules, one concept each:
   download or the shipped sample.
 - ``graph``, ``tensors``, ``autodiff``: the traced graph, arrays and devices, gradient checks.
 - ``callbacks``, ``checkpoint``, ``export``: Orbax checkpoints, resume, ``jax.export``.
+- ``saving``: the whole model (architecture as JSON, training state) saved and loaded;
+  ``architecture``: the JSON alone.
 - ``logging``: ``TensorBoard`` and ``CSVLogger`` callbacks.
 - ``parity``: weights to and from PyTorch and Keras, and tolerance-aware comparisons.
 - ``sources``: datasets larger than memory (random-access sources, grain) that ``fit`` streams.
@@ -24,6 +26,7 @@ imported only by the functions that use them.
 __version__ = "0.1.0"
 
 from fnlearn import (  # noqa: E402 - the version is readable even if an import fails
+    architecture,
     autodiff,
     callbacks,
     checkpoint,
@@ -39,6 +42,7 @@ from fnlearn import (  # noqa: E402 - the version is readable even if an import 
     optim,
     parity,
     plots,
+    saving,
     sources,
     tensors,
 )
@@ -60,6 +64,7 @@ from fnlearn.export import ExportError, export_model, export_saved_model, load_e
 from fnlearn.logging import CSVLogger, TensorBoard
 from fnlearn.loop.hooks import Callback
 from fnlearn.objectives import Batch, masked_mean
+from fnlearn.saving import SavingError, load_model, save_model
 from fnlearn.state import History, NonFiniteLossError, TrainState
 from fnlearn.step import apply_gradients, epoch_batches, init_state, train_epoch, train_step
 from fnlearn.train import evaluate, fit, predict
@@ -76,9 +81,11 @@ __all__ = [
     "History",
     "ModelCheckpoint",
     "NonFiniteLossError",
+    "SavingError",
     "TensorBoard",
     "TrainState",
     "apply_gradients",
+    "architecture",
     "autodiff",
     "callbacks",
     "checkpoint",
@@ -99,6 +106,7 @@ __all__ = [
     "load_exported",
     "load_fashion_mnist",
     "load_mnist",
+    "load_model",
     "logging",
     "losses",
     "masked_mean",
@@ -112,6 +120,8 @@ __all__ = [
     "restore_checkpoint",
     "restore_params",
     "save_checkpoint",
+    "save_model",
+    "saving",
     "sources",
     "tensors",
     "train_epoch",

@@ -49,7 +49,7 @@ class GradCheck:
     Attributes:
       ok: True when every element agrees within tolerance.
       checked: number of gradient elements compared.
-      max_abs_error: largest |analytic - numeric| over all elements.
+      max_abs_error: largest ``|analytic - numeric|`` over all elements.
       mismatches: the elements that disagree, worst first.
     """
 
@@ -101,8 +101,9 @@ def check_grad(
       eps: relative step; default 1e-6 in float64, 5e-3 in float32 (about the
         cube root of float32's machine epsilon, which balances truncation and
         rounding error).
-      rtol, atol: an element agrees when |analytic - numeric| <= atol + rtol * |numeric|
-        + noise, where noise = machine epsilon * max(1, |fn|) / h is the rounding error
+      rtol, atol: an element agrees when
+        ``|analytic - numeric| <= atol + rtol * |numeric| + noise``, where
+        ``noise = machine epsilon * max(1, |fn|) / h`` is the rounding error
         the difference itself may carry; default 1e-3 and 1e-5 (float64), 1e-2 and
         1e-3 (float32).
       raise_on_failure: raise ``GradientCheckError`` listing the wrong elements

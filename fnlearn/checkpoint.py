@@ -47,7 +47,7 @@ def describe_structure(state: TrainState) -> list[list]:
     """Every leaf of ``state`` as ``[path, shape, dtype]``: what a checkpoint must match.
 
     Args:
-      state: a ``TrainState`` (or any pytree of arrays or ``ShapeDtypeStruct``s).
+      state: a ``TrainState`` (or any pytree of arrays or ``ShapeDtypeStruct`` values).
 
     Returns:
       A JSON-friendly list, one ``[path, shape, dtype]`` per leaf in tree order.

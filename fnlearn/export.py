@@ -30,6 +30,7 @@ import numpy as np
 
 from fnlearn.checks import check_model, check_params, missing_state_hint
 from fnlearn.nn.core import Layer, apply
+from fnlearn.nn.policy import Policy, with_policy
 
 FORMAT = "fnlearn-export"
 MODULE_MEMBER = "model.jaxexport"
@@ -78,7 +79,7 @@ def _signature_dtype(dtype, float_inputs: bool) -> np.dtype:
 
 def export_model(model: Layer, params, input_shape: Sequence[int], dtype, path: str | Path, *,
                  model_state=None, platforms: Sequence[str] = ("cpu", "cuda"),
-                 float_inputs: bool = False) -> Path:
+                 float_inputs: bool = False, policy: str | Policy | None = None) -> Path:
     """Serializes ``model`` with ``params`` (and state) baked in to a file at ``path``.
 
     The file appears complete or not at all (written under a hidden name beside it,
@@ -100,6 +101,8 @@ def export_model(model: Layer, params, input_shape: Sequence[int], dtype, path: 
         are scaled back and rounded to the integers the model takes, so the answers are
         the integer export's bit for bit; values outside ``[0, 1]`` are refused on load
         (``load_exported``, the server).
+      policy: a precision policy to export the model under (``"mixed_bfloat16"``:
+        ``fnlearn.nn.with_policy``); the outputs are float32 either way.
 
     Returns:
       The path written (its folder is created if missing).
@@ -110,6 +113,7 @@ def export_model(model: Layer, params, input_shape: Sequence[int], dtype, path: 
     """
     _check_model_and_state(model, params, model_state, input_shape)
     _check_float_inputs(float_inputs, dtype)
+    model = model if policy is None else with_policy(model, policy)
     spec = _batch_polymorphic_spec(input_shape, _signature_dtype(dtype, float_inputs))
     function = _inference_function(model, params, model_state, dtype, float_inputs)
     try:
@@ -207,15 +211,16 @@ def load_exported(path: str | Path) -> Callable[[np.ndarray], np.ndarray]:
 def export_saved_model(model: Layer, params, input_shape: Sequence[int], dtype,
                        directory: str | Path, *, model_state=None,
                        platforms: Sequence[str] = ("cpu", "cuda"),
-                       float_inputs: bool = False) -> Path:
+                       float_inputs: bool = False,
+                       policy: str | Policy | None = None) -> Path:
     """Writes ``model`` with ``params`` baked in as a TensorFlow SavedModel (for TF Serving).
 
     The serving signature ``serving_default`` takes ``inputs`` of shape
     ``(None, *input_shape)`` and returns ``outputs``. Needs TensorFlow.
 
     Args:
-      model, params, input_shape, dtype, model_state, platforms, float_inputs: as for
-        ``export_model``.
+      model, params, input_shape, dtype, model_state, platforms, float_inputs, policy: as
+        for ``export_model``.
       directory: the SavedModel directory to create.
 
     Returns:
@@ -223,6 +228,7 @@ def export_saved_model(model: Layer, params, input_shape: Sequence[int], dtype,
     """
     _check_model_and_state(model, params, model_state, input_shape)
     _check_float_inputs(float_inputs, dtype)
+    model = model if policy is None else with_policy(model, policy)
     import tensorflow as tf
     from jax.experimental import jax2tf
 

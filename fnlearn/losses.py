@@ -31,7 +31,7 @@ __all__ = [
     "sparse_categorical_crossentropy",
 ]
 
-# Keras's backend.epsilon(): how far probabilities are clipped from 0 and 1.
+#: Keras's backend.epsilon(): how far probabilities are clipped from 0 and 1.
 KERAS_EPSILON = 1e-7
 
 
@@ -266,6 +266,7 @@ def hinge(labels, predictions):
     return jnp.mean(jnp.maximum(1.0 - labels * predictions, 0.0), axis=-1)
 
 
+#: The losses by name (Keras's names, ``nll_loss``), as ``fit(loss=...)`` takes them.
 LOSSES: dict[str, Callable] = {
     "sparse_categorical_crossentropy": sparse_categorical_crossentropy,
     "categorical_crossentropy": categorical_crossentropy,
@@ -295,6 +296,7 @@ LOSS_CLASS_NAMES = {
     "Hinge": "hinge",
 }
 
+#: The metrics by name, as ``fit(metrics=[...])`` takes them.
 METRICS: dict[str, Callable | Metric] = {
     **CLASSIFICATION_METRICS,
     "mse": mean_squared_error,

@@ -27,6 +27,7 @@ import optax
 
 from fnlearn import losses as losses_lib
 from fnlearn.nn.core import Layer, apply
+from fnlearn.nn.precision import float32_outputs
 from fnlearn.state import TrainState
 
 
@@ -74,6 +75,8 @@ class Supervised:
         x, y = batch
         preds, new_state = apply(self.model, params, x, state=model_state, key=key,
                                  train=train, mask=mask)
+        # Losses and metrics of 16-bit outputs are computed in float32.
+        preds = float32_outputs(preds)
         weights = mask.astype(jnp.float32)
         count = jnp.sum(weights)
         sums, total = {}, 0.0

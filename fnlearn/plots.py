@@ -135,3 +135,87 @@ def plot_misclassified(images: np.ndarray, labels: np.ndarray, predicted: np.nda
     fig.tight_layout()
     fig.savefig(path)
     return Plot(Path(path), fig)
+
+
+def image_grid(images: np.ndarray, nrow: int = 8, padding: int = 2,
+               pad_value: float = 0.0) -> np.ndarray:
+    """Tiles images into one, ``nrow`` to a row (torchvision's ``make_grid``, grayscale).
+
+    Args:
+      images: ``(N, H, W)`` or ``(N, H, W, 1)`` values (any range; kept as given).
+      nrow: images per row.
+      padding: pixels between images and around the grid.
+      pad_value: the value of the padding.
+
+    Returns:
+      The grid, shape ``(rows * (H + padding) + padding, nrow * (W + padding) + padding)``
+      with ``rows = ceil(N / nrow)``; row-major order, unfilled cells left at ``pad_value``.
+    """
+    images = np.asarray(images)
+    if images.ndim == 4 and images.shape[-1] == 1:
+        images = images[..., 0]
+    if images.ndim != 3 or len(images) == 0:
+        raise ValueError(f"images must be (N, H, W) or (N, H, W, 1) with N >= 1, got shape "
+                         f"{images.shape}")
+    if isinstance(nrow, bool) or not isinstance(nrow, int) or nrow < 1:
+        raise ValueError(f"nrow must be a positive int, got {nrow!r}")
+    count, height, width = images.shape
+    columns = min(nrow, count)
+    rows = -(-count // columns)
+    grid = np.full((rows * (height + padding) + padding, columns * (width + padding) + padding),
+                   pad_value, dtype=np.result_type(images.dtype, np.float32))
+    for index, image in enumerate(images):
+        top = padding + (index // columns) * (height + padding)
+        left = padding + (index % columns) * (width + padding)
+        grid[top:top + height, left:left + width] = image
+    return grid
+
+
+def save_image_grid(images: np.ndarray, path: str | os.PathLike, nrow: int = 8,
+                    padding: int = 2, value_range: tuple[float, float] = (0.0, 1.0)) -> Path:
+    """Writes ``image_grid(images)`` as an 8-bit grayscale PNG (torchvision's ``save_image``).
+
+    Args:
+      images: ``(N, H, W)`` or ``(N, H, W, 1)``.
+      path: the PNG to write.
+      nrow, padding: as ``image_grid``'s (black padding).
+      value_range: the values shown black and white (``(-1, 1)`` for a tanh generator);
+        values outside are clipped.
+    """
+    from PIL import Image
+
+    low, high = value_range
+    grid = image_grid((np.asarray(images, np.float32) - low) / (high - low), nrow, padding)
+    pixels = np.round(np.clip(grid, 0.0, 1.0) * 255).astype(np.uint8)
+    Image.fromarray(pixels).save(path)
+    return Path(path)
+
+
+def save_gif(frames: Sequence[str | os.PathLike | np.ndarray], path: str | os.PathLike, *,
+             seconds_per_frame: float = 0.5) -> Path:
+    """An animated GIF of ``frames`` (PNG paths or 8-bit arrays), looping, the last one held.
+
+    Args:
+      frames: the pictures in order, all the same size.
+      path: the GIF to write.
+      seconds_per_frame: how long each frame shows (the last shows three times longer).
+    """
+    from PIL import Image
+
+    if not frames:
+        raise ValueError("save_gif needs at least one frame")
+    pictures = []
+    for frame in frames:
+        if isinstance(frame, np.ndarray):
+            pictures.append(Image.fromarray(frame))
+        else:
+            with Image.open(frame) as picture:
+                pictures.append(picture.convert("L"))
+    sizes = {p.size for p in pictures}
+    if len(sizes) != 1:
+        raise ValueError(f"frames differ in size: {sorted(sizes)}")
+    duration = [int(seconds_per_frame * 1000)] * len(pictures)
+    duration[-1] *= 3
+    pictures[0].save(path, save_all=True, append_images=pictures[1:], duration=duration,
+                     loop=0)
+    return Path(path)

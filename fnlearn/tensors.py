@@ -72,7 +72,7 @@ def list_devices() -> list[jax.Device]:
     any); this adds the CPU so that a listing shows every place data can live.
 
     Returns:
-      ``jax.Device``s; ``d.platform`` is "cpu", "gpu" or "tpu", ``d.id`` its index.
+      ``jax.Device`` objects; ``d.platform`` is "cpu", "gpu" or "tpu", ``d.id`` its index.
     """
     found = list(jax.devices())
     if found[0].platform != "cpu":

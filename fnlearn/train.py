@@ -25,6 +25,7 @@ from fnlearn.loop.hooks import Callback, Hooks
 from fnlearn.loop.progress import Progress
 from fnlearn.loop.stream import StreamFeed, probe
 from fnlearn.nn.core import Layer
+from fnlearn.nn.policy import Policy, with_policy
 from fnlearn.objectives import Custom, Supervised, supervised
 from fnlearn.state import History, TrainState
 
@@ -48,7 +49,8 @@ def fit(model: Layer | None, x, y=None, *, loss: str | Callable | dict | None = 
         callbacks: Sequence[Callback] = (), resume: bool = False, initial_params=None,
         initial_model_state=None, state: TrainState | None = None, mesh=None,
         param_sharding=None, progress_every: int = 50, step: Callable | None = None,
-        eval_step: Callable | None = None) -> tuple[TrainState, History]:
+        eval_step: Callable | None = None,
+        policy: str | Policy | None = None) -> tuple[TrainState, History]:
     """Trains ``model`` on ``(x, y)``, Keras style, with compiled epochs.
 
     Args:
@@ -85,18 +87,22 @@ def fit(model: Layer | None, x, y=None, *, loss: str | Callable | dict | None = 
       mesh: a ``jax.sharding.Mesh`` whose first axis (the data axis) splits every batch
         and the in-memory dataset; parameters and optimizer state are replicated unless
         ``param_sharding`` splits them (or ``state`` comes sharded: its placement is kept).
-      param_sharding: a rule from parameter paths to ``PartitionSpec``s over ``mesh``
+      param_sharding: a rule from parameter paths to ``PartitionSpec`` values over ``mesh``
         (``fnlearn.sharding``: ``fsdp()``, ``tensor_parallel()``, ``rules(...)``,
         ``combine(...)``); optimizer state follows its parameters.
       progress_every: steps between progress-bar updates with ``verbose=1``.
       step: your own step ``step(state, batch, key) -> (state, metrics)`` instead of the
         built-in one (``fnlearn.objectives.Custom``); ``loss`` and ``metrics`` are then unused.
       eval_step: with ``step``, ``eval_step(state, batch) -> metrics`` for validation.
+      policy: a precision policy for the model (``"mixed_bfloat16"``: layers compute in
+        bfloat16, parameters and optimizer state stay float32; ``fnlearn.nn.with_policy``);
+        None trains the model as it is.
 
     Returns:
       ``(state, history)``: the final ``TrainState`` and a ``History``.
     """
     cache.enable_by_default()
+    model = _with_policy(model, policy)
     checks.check_epochs(epochs, verbose)
     if isinstance(progress_every, bool) or not isinstance(progress_every, int) \
             or progress_every < 1:
@@ -178,6 +184,16 @@ def _validation(validation_data, step, state, placement, streamed: bool, stream)
     return val
 
 
+def _with_policy(model: Layer | None, policy) -> Layer | None:
+    """``model`` under ``policy`` (None: as it is)."""
+    if policy is None:
+        return model
+    if model is None:
+        raise ValueError("policy= needs a model; a custom step without one computes in the "
+                         "dtypes it chooses")
+    return with_policy(model, policy)
+
+
 def _eval_size(n: int, batch_size) -> tuple[int, int]:
     """``(chunk, padded)``: examples per compiled chunk, and the padded length (a bucket)."""
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
@@ -189,7 +205,8 @@ def _eval_size(n: int, batch_size) -> tuple[int, int]:
 def evaluate(model: Layer | None, params, x, y=None, *, loss: str | Callable | dict | None = None,
              metrics: Sequence[str | Callable] | dict = (), batch_size: int = EVAL_BATCH_SIZE,
              model_state=None, loss_weights=None, eval_step: Callable | None = None,
-             state: TrainState | None = None) -> dict[str, float]:
+             state: TrainState | None = None,
+             policy: str | Policy | None = None) -> dict[str, float]:
     """Mean loss and metrics of ``model`` on ``(x, y)`` (Keras ``evaluate``), one XLA call.
 
     Args:
@@ -203,11 +220,13 @@ def evaluate(model: Layer | None, params, x, y=None, *, loss: str | Callable | d
       eval_step: your own ``eval_step(state, batch) -> metrics`` (with ``state=``) instead
         of ``loss`` and ``metrics``.
       state: the ``TrainState`` an ``eval_step`` evaluates.
+      policy: a precision policy to evaluate the model under, as for ``fit``.
 
     Returns:
       ``{"loss": ..., "<metric>": ...}`` (or the ``eval_step``'s metrics).
     """
     cache.enable_by_default()
+    model = _with_policy(model, policy) if eval_step is None else model
     x = checks.as_data("x", x)
     y = None if y is None else checks.as_data("y", y)
     checks.check_xy(x, y)
@@ -232,13 +251,15 @@ def evaluate(model: Layer | None, params, x, y=None, *, loss: str | Callable | d
 
 
 def predict(model: Layer, params, x, *, batch_size: int = EVAL_BATCH_SIZE,
-            model_state=None) -> Any:
+            model_state=None, policy: str | Policy | None = None) -> Any:
     """Model outputs for every example of ``x`` (inference mode), as NumPy arrays.
 
     ``x`` may be a dict or tuple of arrays (several inputs); the result has the model's
-    output structure. Padded to a whole number of chunks as ``evaluate`` is.
+    output structure. Padded to a whole number of chunks as ``evaluate`` is. ``policy``
+    runs the model under a precision policy, as for ``fit`` (outputs come back float32).
     """
     cache.enable_by_default()
+    model = _with_policy(model, policy)
     x = checks.as_data("x", x)
     n = checks.count_examples("x", x)
     if n == 0:

@@ -80,7 +80,7 @@ def test_the_training_programs_donate_the_state():
     step = fl.step.supervised(model, LOSS, optimizer)
     lowered = programs.train_epochs.lower(
         state, (x, y), None, np.int32(0), np.int32(1), step=step, num_examples=256,
-        batch_size=32, shuffle=True, sharding=None, chunk=1024)
+        batch_size=32, shuffle=True, layout=fl.step.NO_LAYOUT, chunk=1024)
     state_bytes = sum(leaf.nbytes for leaf in jax.tree.leaves(state))
     assert lowered.compile().memory_analysis().alias_size_in_bytes == state_bytes
     # The caller's own state survives fit (fit donates a copy of it).

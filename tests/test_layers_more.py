@@ -44,6 +44,29 @@ def test_conv2d_transpose_is_the_adjoint_of_conv2d():
     np.testing.assert_allclose(jnp.sum(y * probe), jnp.sum(x * back), rtol=1e-5)
 
 
+def test_conv2d_transpose_output_padding_rows_get_nothing_but_the_bias():
+    # PyTorch's output_padding adds rows past the full output: no input pixel reaches them.
+    x = jnp.asarray(RNG.normal(size=(2, 4, 4, 3)), jnp.float32)
+    plain = nn.Conv2DTranspose(2, 3, 2, 0)
+    padded = nn.Conv2DTranspose(2, 3, 2, 0, output_padding=1)
+    params = {"kernel": jnp.asarray(RNG.normal(size=(3, 3, 2, 3)), jnp.float32),
+              "bias": jnp.asarray([0.5, -1.0])}
+    full, extended = plain.apply(params, x), padded.apply(params, x)
+    assert full.shape == (2, 9, 9, 2) and extended.shape == (2, 10, 10, 2)
+    np.testing.assert_allclose(extended[:, :9, :9], full, rtol=1e-6)
+    np.testing.assert_array_equal(extended[:, 9, :], np.broadcast_to([0.5, -1.0], (2, 10, 2)))
+
+
+def test_conv2d_transpose_and_its_gradient_are_products_on_cpu():
+    # XLA's CPU transposed convolution (lhs-dilated) ran a DCGAN generator step 27-35x
+    # slower inside fit's compiled epoch than these products (docs/generative.md).
+    layer = nn.Conv2DTranspose(4, 5, 2, "same", use_bias=False)
+    params = nn.init(layer, 0, (7, 7, 8))
+    x = jnp.ones((2, 7, 7, 8), jnp.float32)
+    step = jax.jit(jax.grad(lambda p, x: jnp.sum(layer.apply(p, x) ** 2), argnums=(0, 1)))
+    assert "stablehlo.convolution" not in step.lower(params, x).as_text()
+
+
 def test_transposed_convolution_output_sizes_follow_both_frameworks():
     shapes = {
         "keras valid": nn.Conv2DTranspose(2, 3, 2).init(0, (5, 5, 1))[0],

@@ -3,6 +3,7 @@
 
 import pytest
 
+import fnlearn as fl
 from experiments import mnist
 
 
@@ -63,10 +64,14 @@ def test_fashion_mnist_in_one_flag_with_logs(tmp_path, capsys):
         else:
             array, magic = (np.arange(count) % 10).astype(np.uint8), 2049
         header = np.array([magic, *array.shape], ">u4").tobytes()
-        (tmp_path / name).write_bytes(header + array.tobytes())  # uncompressed: no hash to check
+        (tmp_path / name).write_bytes(header + array.tobytes())
     logdir = tmp_path / "logs"
-    result = mnist.main(["--dataset", "fashion_mnist", "--source", "idx", "--data-dir",
-                         str(tmp_path), "--epochs", "2", "--no-plots", "--logdir", str(logdir)])
+    args = ["--dataset", "fashion_mnist", "--source", "idx", "--data-dir", str(tmp_path),
+            "--epochs", "2", "--no-plots", "--logdir", str(logdir)]
+    # Not the official files: the digest check refuses them unless told they are one's own.
+    with pytest.raises(fl.DataError, match="its contents differ from the official files"):
+        mnist.main(args)
+    result = mnist.main([*args, "--no-verify"])
     assert "Fashion-MNIST from idx: 64 train, 32 test images" in capsys.readouterr().out
     assert result["dataset"] == "fashion_mnist" and len(result["history"].epoch) == 2
     rows = (logdir / "training.csv").read_text().splitlines()

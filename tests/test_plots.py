@@ -58,3 +58,40 @@ def test_misclassified_grid_shows_the_wrong_ones_with_class_names(tmp_path):
     by_id = plots.plot_misclassified(images, labels, predicted, tmp_path / "ids.png")
     assert [ax.get_title() for ax in by_id.figure.axes if ax.images] == ["0 -> 1", "1 -> 2",
                                                                           "2 -> 0"]
+
+
+def test_image_grid_tiles_images_row_major_with_padding():
+    images = np.arange(5, dtype=np.float32)[:, None, None, None] * np.ones((5, 3, 4, 1))
+    grid = plots.image_grid(images, nrow=2, padding=1, pad_value=-1.0)
+    # 3 rows of 2: height 3 * (3 + 1) + 1, width 2 * (4 + 1) + 1.
+    assert grid.shape == (13, 11)
+    assert grid[1:4, 1:5].tolist() == [[0.0] * 4] * 3
+    assert grid[1:4, 6:10].tolist() == [[1.0] * 4] * 3
+    assert grid[9:12, 1:5].tolist() == [[4.0] * 4] * 3
+    assert grid[9:12, 6:10].tolist() == [[-1.0] * 4] * 3  # no sixth image
+    assert grid[0].tolist() == [-1.0] * 11
+
+
+def test_save_image_grid_writes_the_values_as_8_bit_gray(tmp_path):
+    from PIL import Image
+
+    images = np.stack([np.full((28, 28), -1.0), np.full((28, 28), 1.0)])
+    path = plots.save_image_grid(images, tmp_path / "grid.png", nrow=8,
+                                 value_range=(-1.0, 1.0))
+    with Image.open(path) as picture:
+        pixels = np.asarray(picture)
+    assert picture.mode == "L" and pixels.shape == (32, 62)
+    assert pixels[2:30, 2:30].max() == 0 and pixels[2:30, 32:60].min() == 255
+
+
+def test_save_gif_keeps_every_frame_and_refuses_mixed_sizes(tmp_path):
+    from PIL import Image
+
+    frames = [np.full((10, 10), value, np.uint8) for value in (0, 128, 255)]
+    path = plots.save_gif(frames, tmp_path / "run.gif", seconds_per_frame=0.1)
+    with Image.open(path) as gif:
+        assert gif.n_frames == 3 and gif.size == (10, 10)
+    with pytest.raises(ValueError, match="frames differ in size"):
+        plots.save_gif([frames[0], np.zeros((5, 5), np.uint8)], tmp_path / "bad.gif")
+    with pytest.raises(ValueError, match="images must be"):
+        plots.image_grid(np.zeros((2, 3)))

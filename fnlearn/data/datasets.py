@@ -40,14 +40,20 @@ from fnlearn.data.official import (
 
 __all__ = ["DataError", "Dataset", "Split", "load_fashion_mnist", "load_mnist", "read_idx"]
 
+#: The environment variable naming the default IDX folder of ``load_mnist``.
 DATA_DIR_ENV = "FNLEARN_DATA_DIR"
+#: The values of ``load_mnist``'s ``source`` argument.
 SOURCES = ("auto", "idx", "tfds", "download", "sample")
 
+#: Classes of MNIST and Fashion-MNIST (labels 0 to 9).
 NUM_CLASSES = 10
+#: The shape of one image: 28 by 28 pixels, no channel axis.
 IMAGE_SHAPE = (28, 28)
 
+#: The folder of files shipped inside the package (the MNIST sample).
 ASSETS_DIR = Path(__file__).parent.parent / "assets"
-# The shipped sample is four gzipped IDX files named "<prefix><standard name>.gz" in ASSETS_DIR.
+#: The shipped sample is four gzipped IDX files named "<prefix><standard name>.gz" in
+#: ``ASSETS_DIR``.
 MNIST_SAMPLE_PREFIX = "mnist-sample-"
 
 

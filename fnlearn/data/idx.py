@@ -15,7 +15,7 @@ import numpy as np
 IMAGE_MAGIC = 2051  # IDX: unsigned bytes, 3 dimensions (count, rows, cols)
 LABEL_MAGIC = 2049  # IDX: unsigned bytes, 1 dimension (count)
 
-# The four standard IDX file names; MNIST and Fashion-MNIST use the same ones.
+#: The four standard IDX file names; MNIST and Fashion-MNIST use the same ones.
 FILE_NAMES = {
     "train_images": "train-images-idx3-ubyte",
     "train_labels": "train-labels-idx1-ubyte",

@@ -4,7 +4,7 @@ A source is anything with ``__len__`` and ``__getitem__`` whose item ``i`` is an
 ``(input, label)`` pair: ``ArraySource`` over two NumPy arrays or memmaps, a grain
 ``MapDataset`` (or ``RandomAccessDataSource``) of pairs, a tfds ``data_source``
 (items are dicts: ``stream(..., keys=...)`` names the two keys).
-``fit(model, source, None, ...)`` trains from it (``fnlearn.stream_fit``): the
+``fit(model, source, None, ...)`` trains from it (``fnlearn/loop/stream.py``): the
 epoch's order is the same permutation in-memory training draws from the seed and
 the epoch, and the host reads the examples of the next ``steps_per_call`` batches
 in a background thread while the device runs the current ones in one compiled call.
@@ -31,8 +31,8 @@ import numpy as np
 __all__ = ["STEPS_PER_CALL", "ArraySource", "KeyedSource", "Stream", "background", "blocks",
            "chunks", "read_block", "read_examples", "stream", "tfds_source"]
 
-# Batches one compiled call runs when streaming: enough that the call's fixed
-# cost is small next to its work, few enough that a block of examples stays small.
+#: Batches one compiled call runs when streaming: enough that the call's fixed
+#: cost is small next to its work, few enough that a block of examples stays small.
 STEPS_PER_CALL = 100
 
 

@@ -115,7 +115,7 @@ def trace(
     Args:
       fn: a pure function of arrays (or pytrees of arrays), e.g. ``jax.grad(loss)``.
       *example_args: arguments to trace with. Concrete arrays give every node a
-        value; ``jax.ShapeDtypeStruct``s give shapes and dtypes only.
+        value; ``jax.ShapeDtypeStruct`` values give shapes and dtypes only.
       output_names: one name per output leaf; default "out", or "out[0]", "out['loss']"...
       with_values: evaluate the graph on the example arguments to fill in values.
 
@@ -269,7 +269,7 @@ def stablehlo_text(fn: Callable, *example_args: Any) -> str:
 
     Args:
       fn: a pure function of arrays.
-      *example_args: arrays or ``jax.ShapeDtypeStruct``s fixing shapes and dtypes.
+      *example_args: arrays or ``jax.ShapeDtypeStruct`` values fixing shapes and dtypes.
 
     Returns:
       MLIR text (``module @jit_fn { func.func public @main ... }``).
@@ -282,7 +282,7 @@ def hlo_text(fn: Callable, *example_args: Any) -> str:
 
     Args:
       fn: a pure function of arrays.
-      *example_args: arrays or ``jax.ShapeDtypeStruct``s fixing shapes and dtypes.
+      *example_args: arrays or ``jax.ShapeDtypeStruct`` values fixing shapes and dtypes.
 
     Returns:
       HLO text (``HloModule jit_fn ... ENTRY ...``); fused ops show as ``fusion``.
@@ -295,7 +295,7 @@ def cost_analysis(fn: Callable, *example_args: Any) -> dict[str, float]:
 
     Args:
       fn: a pure function of arrays.
-      *example_args: arrays or ``jax.ShapeDtypeStruct``s fixing shapes and dtypes.
+      *example_args: arrays or ``jax.ShapeDtypeStruct`` values fixing shapes and dtypes.
 
     Returns:
       A plain dict of floats. "flops" (an (m, k) @ (k, n) matmul counts 2*m*k*n)

@@ -23,6 +23,8 @@
 - ``activations``: ``ACTIVATIONS`` by name, and ``GELU``, ``LeakyReLU``, ``ELU``, ``SiLU``,
   ``HardSigmoid``, ``ReLU6``, ``Tanh``, ``Sigmoid`` as layers.
 - ``flax``: ``from_flax`` (a linen module) and ``from_nnx`` (an NNX module) as layers.
+- ``precision``: what layers' ``dtype``/``param_dtype`` arguments mean; ``policy``:
+  ``with_policy(model, "mixed_bfloat16")`` and ``Policy`` (Keras's precision policies).
 
 Parameters are plain dicts of arrays keyed by layer name: the name given
 (``Dense(128, name="hidden")``) or ``<kind>_<n>``, n counting the unnamed layers of
@@ -85,6 +87,7 @@ from fnlearn.nn.graph import Model
 from fnlearn.nn.merge import Add, Average, Concatenate, Maximum, Minimum, Multiply, Subtract
 from fnlearn.nn.node import Input, Node
 from fnlearn.nn.norm import BatchNorm, GroupNorm, LayerNorm
+from fnlearn.nn.policy import Policy, policy_of, with_policy
 from fnlearn.nn.recurrent import GRU, LSTM, Bidirectional, SimpleRNN
 from fnlearn.nn.reshaping import AdaptiveAvgPool2D, UpSampling2D, ZeroPadding2D
 from fnlearn.nn.sequence import (
@@ -105,12 +108,12 @@ __all__ = [
     "GlobalAveragePooling1D", "GlobalAveragePooling2D", "GroupNorm", "HardSigmoid", "Input",
     "LSTM", "Layer", "LayerNorm", "LeakyReLU", "Linear", "LogSoftmax", "MaxPool2D", "Maximum",
     "Minimum", "Model", "ModelState", "MultiHeadAttention", "Multiply", "Node", "Normalize",
-    "Params", "PositionEmbedding", "RandomCrop", "RandomFlip", "ReLU", "ReLU6", "Reshape",
-    "Sequential", "Shape", "SiLU", "Sigmoid", "SimpleRNN", "SinusoidalPositionEmbedding",
-    "Softmax", "SpatialDropout2D", "Subtract", "TakeStep", "Tanh", "TransformerEncoderLayer",
-    "UpSampling2D", "ZeroPadding2D", "apply", "as_key",
+    "Params", "Policy", "PositionEmbedding", "RandomCrop", "RandomFlip", "ReLU", "ReLU6",
+    "Reshape", "Sequential", "Shape", "SiLU", "Sigmoid", "SimpleRNN",
+    "SinusoidalPositionEmbedding", "Softmax", "SpatialDropout2D", "Subtract", "TakeStep", "Tanh",
+    "TransformerEncoderLayer", "UpSampling2D", "ZeroPadding2D", "apply", "as_key",
     "constructor", "count_params", "describe", "explicit_padding", "fan_out", "from_flax",
     "from_nnx",
-    "glorot_uniform", "init", "init_with_state", "parallel", "residual", "serial", "summary",
-    "torch_linear_uniform"
+    "glorot_uniform", "init", "init_with_state", "parallel", "policy_of", "residual", "serial",
+    "summary", "torch_linear_uniform", "with_policy"
 ]

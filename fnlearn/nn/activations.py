@@ -9,8 +9,10 @@ has Keras's slope 0.2 (PyTorch's ``F.leaky_relu`` defaults to 0.01: use
 ``LeakyReLU(0.01)``), ``"gelu"`` is the exact (erf) GELU of both frameworks and
 ``"gelu_tanh"`` PyTorch's ``approximate="tanh"`` (Keras ``gelu(x, approximate=True)``),
 ``"hard_sigmoid"`` is ``relu6(x + 3) / 6`` (Keras 3 and PyTorch's ``Hardsigmoid``),
-``"swish"`` is ``"silu"``. The layers (``GELU``, ``LeakyReLU``, ``ELU``, ``SiLU``,
-``HardSigmoid``, ``ReLU6``, ``Tanh``, ``Sigmoid``) take the parameters the names fix.
+``"swish"`` is ``"silu"``. ``"softmax"`` and ``"log_softmax"`` compute and return float32
+for 16-bit inputs; the others keep their input's dtype. The layers (``GELU``,
+``LeakyReLU``, ``ELU``, ``SiLU``, ``HardSigmoid``, ``ReLU6``, ``Tanh``, ``Sigmoid``) take
+the parameters the names fix.
 """
 
 from __future__ import annotations
@@ -22,14 +24,17 @@ import jax
 import jax.numpy as jnp
 
 from fnlearn.nn.core import Layer, constructor
+from fnlearn.nn.precision import widened
 
+#: The activation functions by name, as ``Dense(..., activation=...)`` takes them.
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "linear": lambda x: x,
     "relu": jax.nn.relu,
     "sigmoid": jax.nn.sigmoid,
     "tanh": jnp.tanh,
-    "softmax": lambda x: jax.nn.softmax(x, axis=-1),
-    "log_softmax": lambda x: jax.nn.log_softmax(x, axis=-1),
+    # In float32 for 16-bit inputs too (``nn.precision.FLOAT32_ACTIVATIONS``): a loss reads them.
+    "softmax": lambda x: jax.nn.softmax(widened(x), axis=-1),
+    "log_softmax": lambda x: jax.nn.log_softmax(widened(x), axis=-1),
     "gelu": functools.partial(jax.nn.gelu, approximate=False),
     "gelu_tanh": functools.partial(jax.nn.gelu, approximate=True),
     "leaky_relu": functools.partial(jax.nn.leaky_relu, negative_slope=0.2),

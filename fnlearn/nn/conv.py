@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 
-from fnlearn.nn import cpu_conv, cpu_pool
+from fnlearn.nn import cpu_conv, cpu_pool, precision
 from fnlearn.nn.activations import activation_fn
 from fnlearn.nn.core import Layer, Shape, constructor
 from fnlearn.nn.dense import glorot_uniform, torch_linear_uniform
@@ -158,7 +158,7 @@ def _spatial(layer: str, input_shape: Shape, window: Pair, strides: Pair, paddin
 def Conv2D(filters: int, kernel_size: int | Pair, strides: int | Pair = 1,
            padding: str | int | Padding = "valid", *, dilation: int | Pair = 1,
            groups: int = 1, use_bias: bool = True, activation: str | None = None,
-           init: str = "keras") -> Layer:
+           init: str = "keras", dtype=None, param_dtype="float32") -> Layer:
     """A 2-D convolution (Keras ``layers.Conv2D``, PyTorch ``nn.Conv2d``) on NHWC inputs.
 
     Args:
@@ -176,6 +176,10 @@ def Conv2D(filters: int, kernel_size: int | Pair, strides: int | Pair = 1,
       init: ``"keras"`` (glorot-uniform kernel with fan_in = kh*kw*in and fan_out =
         kh*kw*out, zero bias) or ``"torch"`` (U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for
         kernel and bias, fan_in = in*kh*kw: PyTorch's kaiming_uniform(a=sqrt(5))).
+      dtype: the dtype it computes in (``fnlearn.nn.precision``): None, the kernel's;
+        ``"bfloat16"`` convolves bfloat16 inputs and kernel, sums, adds the bias and
+        applies a ReLU in float32, and rounds once.
+      param_dtype: the parameters' dtype.
 
     The kernel is stored HWIO ``(kh, kw, in / groups, filters)``, as Keras stores it;
     PyTorch's weight is its transpose ``(3, 2, 0, 1)``.
@@ -197,6 +201,8 @@ def Conv2D(filters: int, kernel_size: int | Pair, strides: int | Pair = 1,
         raise ValueError(f"Conv2D filters {filters} must be a multiple of groups {groups}")
     pad = _check_padding(padding)
     act = activation_fn(activation)
+    compute = precision.check_dtype(dtype, "Conv2D dtype")
+    stored = precision.check_dtype(param_dtype, "Conv2D param_dtype")
     config = {"filters": filters, "kernel_size": window, "strides": stride, "padding": padding,
               "explicit_padding": _static_padding(pad, window, stride, dilate),
               "dilation": dilate, "groups": groups, "use_bias": use_bias, "init": init,
@@ -220,16 +226,16 @@ def Conv2D(filters: int, kernel_size: int | Pair, strides: int | Pair = 1,
             bias = torch_linear_uniform(bias_key, (filters,), fan_in)
         if use_bias:
             params["bias"] = bias
-        return (h, w, filters), params
+        return (h, w, filters), jax.tree.map(lambda p: p.astype(stored), params)
 
     # ReLU (and no activation) go into the convolution's own loops; others follow it.
     fused = activation if activation in ("relu", "linear") else None
 
     def apply_fn(params, x, *, key=None, train=False):
         pads = explicit_padding(pad, x.shape[1:3], window, stride, dilate)
-        kernel = params["kernel"]
-        y = _conv2d(x.astype(kernel.dtype), kernel, stride, pads, dilate, groups,
-                    params["bias"] if use_bias else None, fused)
+        dtype = compute or params["kernel"].dtype
+        y = _conv2d(x.astype(dtype), params["kernel"].astype(dtype), stride, pads, dilate,
+                    groups, params["bias"] if use_bias else None, fused)
         return y if activation in (None, "linear", "relu") else act(y)
 
     return Layer(init_fn, apply_fn, "conv2d", config)

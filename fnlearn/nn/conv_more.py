@@ -4,9 +4,11 @@ Layouts follow Keras, so Keras weights copy as they are: images NHWC, sequences 
 (batch, length, channels); ``Conv1D`` kernels ``(k, in, out)``, ``Conv2DTranspose``
 kernels ``(kh, kw, out, in)`` (Keras's), ``DepthwiseConv2D`` kernels
 ``(kh, kw, in, depth_multiplier)``. PyTorch's layouts differ by transposes
-(``fnlearn.parity.registry`` does them). All go through ``lax.conv_general_dilated``;
-``DepthwiseConv2D`` is a grouped convolution with one group per input channel
-(``feature_group_count``), PyTorch's ``Conv2d(c, c * m, k, groups=c)``.
+(``fnlearn.parity.registry`` does them). ``Conv1D`` and ``DepthwiseConv2D`` go through
+``lax.conv_general_dilated``, ``Conv2DTranspose`` through the input gradient of
+``cpu_conv.conv2d`` (matrix products on CPU); ``DepthwiseConv2D`` is a grouped
+convolution with one group per input channel (``feature_group_count``), PyTorch's
+``Conv2d(c, c * m, k, groups=c)``.
 
 ``padding`` is ``"valid"``, ``"same"`` (TensorFlow's: ``ceil(n / stride)`` outputs, the
 odd pixel at the end), ``"causal"`` (``Conv1D`` only: all padding before, Keras's) or
@@ -22,6 +24,7 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 
+from fnlearn.nn import cpu_conv, precision
 from fnlearn.nn.activations import activation_fn
 from fnlearn.nn.core import Layer, constructor
 from fnlearn.nn.dense import glorot_uniform, torch_linear_uniform
@@ -77,6 +80,16 @@ def _kernel(key, shape, fan_in, fan_out, init, bias_size, torch_fan_in):
             torch_linear_uniform(bias_key, (bias_size,), torch_fan_in))
 
 
+def _dtypes(dtype, param_dtype):
+    return (precision.check_dtype(dtype, "dtype"),
+            precision.check_dtype(param_dtype, "param_dtype"))
+
+
+def _params(kernel, bias, use_bias: bool, dtype) -> dict:
+    params = {"kernel": kernel, "bias": bias} if use_bias else {"kernel": kernel}
+    return jax.tree.map(lambda p: p.astype(dtype), params)
+
+
 def _check_init(init, layer):
     if init not in ("keras", "torch"):
         raise ValueError(f"{layer} init must be 'keras' or 'torch', got {init!r}")
@@ -97,7 +110,7 @@ def _positive(value, name: str) -> int:
 @constructor
 def Conv1D(filters: int, kernel_size: int, strides: int = 1, padding="valid", *,
            dilation: int = 1, use_bias: bool = True, activation: str | None = None,
-           init: str = "keras") -> Layer:
+           init: str = "keras", dtype=None, param_dtype="float32") -> Layer:
     """A 1-D convolution over ``(length, channels)`` (Keras ``Conv1D``; PyTorch ``Conv1d`` on
     ``(channels, length)``).
 
@@ -106,6 +119,7 @@ def Conv1D(filters: int, kernel_size: int, strides: int = 1, padding="valid", *,
       padding: ``"valid"``, ``"same"``, ``"causal"`` (Keras: ``dilation * (k - 1)`` zeros
         before, so output ``t`` sees inputs up to ``t``), an int or ``(before, after)``.
       init: ``"keras"`` (glorot uniform, zero bias) or ``"torch"`` (U(+-1/sqrt(in * k))).
+      dtype, param_dtype: as ``Conv2D``'s (``fnlearn.nn.precision``).
     """
     _positive(filters, "Conv1D filters")
     _check_init(init, "Conv1D")
@@ -114,6 +128,7 @@ def Conv1D(filters: int, kernel_size: int, strides: int = 1, padding="valid", *,
                          (dilation, "dilation")))
     pad = _padding(padding, 1, "Conv1D", ("valid", "same", "causal"))
     act = activation_fn(activation)
+    compute, stored = _dtypes(dtype, param_dtype)
 
     def pads(length):
         if pad == "valid":
@@ -133,15 +148,15 @@ def Conv1D(filters: int, kernel_size: int, strides: int = 1, padding="valid", *,
             raise ValueError(f"Conv1D kernel {k} (dilation {d}) does not fit length {length}")
         kernel, bias = _kernel(key, (k, channels, filters), k * channels, k * filters, init,
                                filters, channels * k)
-        return (out, filters), ({"kernel": kernel, "bias": bias} if use_bias
-                                else {"kernel": kernel})
+        return (out, filters), _params(kernel, bias, use_bias, stored)
 
     def apply_fn(params, x, *, key=None, train=False):
-        kernel = params["kernel"]
-        y = jax.lax.conv_general_dilated(x.astype(kernel.dtype), kernel, (s,), pads(x.shape[1]),
-                                         rhs_dilation=(d,),
-                                         dimension_numbers=("NWC", "WIO", "NWC"))
-        return act(y + params["bias"] if use_bias else y)
+        dtype = compute or params["kernel"].dtype
+        y = jax.lax.conv_general_dilated(x.astype(dtype), params["kernel"].astype(dtype), (s,),
+                                         pads(x.shape[1]), rhs_dilation=(d,),
+                                         dimension_numbers=("NWC", "WIO", "NWC"),
+                                         preferred_element_type=precision.sums_dtype(dtype))
+        return precision.finish(y, params.get("bias"), act, activation, dtype)
 
     return Layer(init_fn, apply_fn, "conv1d",
                  {"filters": filters, "kernel_size": k, "strides": s, "padding": pad,
@@ -152,7 +167,8 @@ def Conv1D(filters: int, kernel_size: int, strides: int = 1, padding="valid", *,
 @constructor
 def Conv2DTranspose(filters: int, kernel_size, strides=1, padding="valid", *,
                     output_padding=None, dilation=1, use_bias: bool = True,
-                    activation: str | None = None, init: str = "keras") -> Layer:
+                    activation: str | None = None, init: str = "keras", dtype=None,
+                    param_dtype="float32") -> Layer:
     """A transposed 2-D convolution (Keras ``Conv2DTranspose``, PyTorch ``ConvTranspose2d``).
 
     The gradient of a ``Conv2D`` with the same settings with respect to its input: each
@@ -169,6 +185,7 @@ def Conv2DTranspose(filters: int, kernel_size, strides=1, padding="valid", *,
       use_bias, activation: as ``Conv2D``'s.
       init: ``"keras"`` (glorot uniform, zero bias) or ``"torch"`` (U(+-1/sqrt(fan_in))
         with PyTorch's fan_in of ``filters * kh * kw``).
+      dtype, param_dtype: as ``Conv2D``'s (``fnlearn.nn.precision``).
 
     The kernel is stored ``(kh, kw, filters, in)`` as in Keras; PyTorch's weight
     ``(in, filters, kh, kw)`` is its transpose ``(3, 2, 0, 1)``.
@@ -186,6 +203,7 @@ def Conv2DTranspose(filters: int, kernel_size, strides=1, padding="valid", *,
         raise ValueError(f"Conv2DTranspose output_padding {extra} must be smaller than the "
                          f"stride {stride} or the dilation {dilate} (as PyTorch requires)")
     act = activation_fn(activation)
+    compute, stored = _dtypes(dtype, param_dtype)
 
     def crops(size) -> list[tuple[int, int, int]]:
         """Per axis: rows cropped before and after the full output, and its final size."""
@@ -217,24 +235,29 @@ def Conv2DTranspose(filters: int, kernel_size, strides=1, padding="valid", *,
         area = window[0] * window[1]
         kernel, bias = _kernel(key, (*window, filters, channels), filters * area,
                                channels * area, init, filters, filters * area)
-        params = {"kernel": kernel, "bias": bias} if use_bias else {"kernel": kernel}
-        return (sizes[0][2], sizes[1][2], filters), params
+        return (sizes[0][2], sizes[1][2], filters), _params(kernel, bias, use_bias, stored)
 
     def apply_fn(params, x, *, key=None, train=False):
-        kernel = params["kernel"]
-        # A convolution of the stride-dilated input with the flipped, transposed kernel.
-        flipped = jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2)
+        dtype = compute or params["kernel"].dtype
+        kernel = params["kernel"].astype(dtype)
         sizes = crops(x.shape[1:3])
-        pads = [(d * (k - 1) - before, d * (k - 1) - after)
-                for (before, after, _), k, d in zip(sizes, window, dilate)]
-        y = jax.lax.conv_general_dilated(
-            x.astype(kernel.dtype), flipped, (1, 1), [(max(a, 0), max(b, 0)) for a, b in pads],
-            lhs_dilation=stride, rhs_dilation=dilate,
-            dimension_numbers=("NHWC", "HWIO", "NHWC"))
-        # Crops deeper than the kernel's reach are slices of the result.
-        (top, bottom), (left, right) = [(max(-a, 0), max(-b, 0)) for a, b in pads]
-        y = y[:, top:y.shape[1] - bottom, left:y.shape[2] - right]
-        return act(y + params["bias"] if use_bias else y)
+        # The input gradient of the Conv2D this layer transposes, through cpu_conv.conv2d:
+        # products and col2im on CPU (16-bit products summed in float32 there). XLA's own
+        # (an lhs-dilated convolution) ran a DCGAN generator's step 35x slower inside
+        # fit's compiled epoch. That Conv2D's padded input is the full output; rows past
+        # it (output_padding) get no contribution.
+        short = [max(-after, 0) for _, after, _ in sizes]
+        inner = [length - cut for (_, _, length), cut in zip(sizes, short)]
+        pads = tuple((before, max(after, 0)) for before, after, _ in sizes)
+        _, transpose = jax.vjp(
+            lambda y: cpu_conv.conv2d(y, kernel, strides=stride, padding=pads,
+                                      dilation=dilate),
+            jnp.zeros((x.shape[0], *inner, filters), dtype))
+        (y,) = transpose(x.astype(dtype))
+        if any(short):
+            y = jnp.pad(y, ((0, 0), (0, short[0]), (0, short[1]), (0, 0)))
+        return precision.finish(precision.widened(y), params.get("bias"), act, activation,
+                                dtype)
 
     return Layer(init_fn, apply_fn, "conv2d_transpose",
                  {"filters": filters, "kernel_size": window, "strides": stride,
@@ -245,7 +268,7 @@ def Conv2DTranspose(filters: int, kernel_size, strides=1, padding="valid", *,
 @constructor
 def DepthwiseConv2D(kernel_size, strides=1, padding="valid", *, depth_multiplier: int = 1,
                     dilation=1, use_bias: bool = True, activation: str | None = None,
-                    init: str = "keras") -> Layer:
+                    init: str = "keras", dtype=None, param_dtype="float32") -> Layer:
     """Each input channel convolved with its own ``depth_multiplier`` filters (Keras
     ``DepthwiseConv2D``; PyTorch ``Conv2d(c, c * m, k, groups=c)``).
 
@@ -257,6 +280,7 @@ def DepthwiseConv2D(kernel_size, strides=1, padding="valid", *, depth_multiplier
       use_bias, activation: as ``Conv2D``'s.
       init: ``"keras"`` (glorot uniform over ``(kh, kw, in, m)``, zero bias) or
         ``"torch"`` (U(+-1/sqrt(kh * kw)): one input channel per group).
+      dtype, param_dtype: as ``Conv2D``'s (``fnlearn.nn.precision``).
     """
     multiplier = _positive(depth_multiplier, "DepthwiseConv2D depth_multiplier")
     _check_init(init, "DepthwiseConv2D")
@@ -265,6 +289,7 @@ def DepthwiseConv2D(kernel_size, strides=1, padding="valid", *, depth_multiplier
     dilate = _ints(dilation, 2, "DepthwiseConv2D dilation")
     pad = _padding(padding, 2, "DepthwiseConv2D")
     act = activation_fn(activation)
+    compute, stored = _dtypes(dtype, param_dtype)
 
     def pads(size):
         if pad == "valid":
@@ -283,17 +308,17 @@ def DepthwiseConv2D(kernel_size, strides=1, padding="valid", *, depth_multiplier
         area = window[0] * window[1]
         kernel, bias = _kernel(key, (*window, channels, multiplier), channels * area,
                                multiplier * area, init, channels * multiplier, area)
-        params = {"kernel": kernel, "bias": bias} if use_bias else {"kernel": kernel}
-        return (*out, channels * multiplier), params
+        return (*out, channels * multiplier), _params(kernel, bias, use_bias, stored)
 
     def apply_fn(params, x, *, key=None, train=False):
-        kernel = params["kernel"]
-        kh, kw, channels, m = kernel.shape
+        dtype = compute or params["kernel"].dtype
+        kh, kw, channels, m = params["kernel"].shape
         y = jax.lax.conv_general_dilated(
-            x.astype(kernel.dtype), kernel.reshape(kh, kw, 1, channels * m), stride,
-            pads(x.shape[1:3]), rhs_dilation=dilate, dimension_numbers=("NHWC", "HWIO", "NHWC"),
-            feature_group_count=channels)
-        return act(y + params["bias"] if use_bias else y)
+            x.astype(dtype), params["kernel"].astype(dtype).reshape(kh, kw, 1, channels * m),
+            stride, pads(x.shape[1:3]), rhs_dilation=dilate,
+            dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=channels,
+            preferred_element_type=precision.sums_dtype(dtype))
+        return precision.finish(y, params.get("bias"), act, activation, dtype)
 
     return Layer(init_fn, apply_fn, "depthwise_conv2d",
                  {"kernel_size": window, "strides": stride, "padding": pad,

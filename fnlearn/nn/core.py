@@ -43,7 +43,9 @@ import numpy as np
 
 from fnlearn.nn import node as node_lib
 
+#: A model's parameters: a dict of arrays (or of such dicts) keyed by layer name.
 Params = dict[str, Any]
+#: A model's non-trainable state (BatchNorm statistics), keyed like ``Params``.
 ModelState = dict[str, Any]
 Shape = tuple[int, ...]
 
@@ -63,9 +65,10 @@ class Layer:
       children: the layers a combinator (``serial``) is made of.
       stateful: whether ``init``/``apply`` carry non-trainable state.
       name: the name its parameters are stored under in a model (None: ``<kind>_<n>``).
-      signature: what the layer was built from (constructor and arguments), set by
-        ``constructor``; layers with equal signatures and names compute the same thing
-        and compare equal. None compares by identity.
+      signature: what the layer was built from (a ``Signature``: constructor and
+        arguments), set by ``constructor``; layers with equal signatures and names
+        compute the same thing and compare equal, and ``rebuild`` builds the layer again
+        with arguments changed. None compares by identity.
     """
 
     init: Callable[..., tuple]
@@ -81,13 +84,13 @@ class Layer:
         # ``layer.init(0, shape)`` takes an int seed, as ``nn.init(layer, 0, shape)`` does.
         object.__setattr__(self, "init", _seeded(self.init))
         check_name(self.name, "layer name")
-        object.__setattr__(self, "_hash", id(self) if self.signature is None
+        object.__setattr__(self, "_hash", id(self) if _by_identity(self)
                            else hash((self.signature, self.name, self.stateful)))
 
     def __eq__(self, other) -> bool:
         if self is other:
             return True
-        if not isinstance(other, Layer) or self.signature is None or other.signature is None:
+        if not isinstance(other, Layer) or _by_identity(self) or _by_identity(other):
             return False
         return (self._hash == other._hash and self.signature == other.signature
                 and self.name == other.name and self.stateful == other.stateful)
@@ -105,6 +108,81 @@ class Layer:
     def __repr__(self) -> str:
         name = "" if self.name is None else f" {self.name!r}"
         return f"<Layer {self.kind}{name}>"
+
+
+@dataclass(frozen=True, eq=False)
+class Signature:
+    """What a layer was built from: compared by ``key``, rebuilt by calling ``build``.
+
+    Attributes:
+      key: a hashable stand-in for the constructor and its arguments; equal keys build
+        layers that compute the same thing. None: the arguments cannot be compared
+        (arrays among them), so the layer compares by identity.
+      build: the constructor, called as ``build(*arguments.args, name=name,
+        **arguments.kwargs)``.
+      arguments: the ``inspect.BoundArguments`` it was called with, defaults applied.
+    """
+
+    key: Any
+    build: Callable[..., Layer]
+    arguments: inspect.BoundArguments
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Signature) and self.key is not None and self.key == other.key
+
+    def __hash__(self) -> int:
+        return hash(self.key)
+
+
+def _by_identity(layer: Layer) -> bool:
+    return layer.signature is None or getattr(layer.signature, "key", 0) is None
+
+
+def rebuild(layer: Layer, changes: dict[str, Any] | None = None,
+            children: Callable[[Layer], Layer] | None = None) -> Layer:
+    """``layer`` built again by its constructor, with arguments changed.
+
+    Args:
+      layer: a layer built by a ``constructor`` (or a graph model).
+      changes: new values by argument name; names the constructor does not take are
+        skipped, so one dict of changes fits every kind of layer.
+      children: applied to every layer among the arguments (``serial``'s layers, a
+        graph's layers), for a rebuild that goes down the tree.
+
+    Returns:
+      The new layer, with the same name; ``layer`` itself when it records no
+      constructor (a ``Layer(init, apply, ...)`` of your own).
+    """
+    signature = layer.signature
+    if not isinstance(signature, Signature):
+        return layer
+    arguments = signature.arguments.signature.bind(*signature.arguments.args,
+                                                   **signature.arguments.kwargs)
+    arguments.apply_defaults()
+    arguments.arguments.pop("name", None)  # passed on its own, below
+    for argument, value in list(arguments.arguments.items()):
+        if children is not None:
+            arguments.arguments[argument] = _map_layers(value, children)
+    for argument, value in (changes or {}).items():
+        if argument in arguments.arguments:
+            arguments.arguments[argument] = value
+    return signature.build(*arguments.args, name=layer.name, **arguments.kwargs)
+
+
+def arguments_of(layer: Layer) -> dict[str, Any]:
+    """The arguments ``layer``'s constructor was called with (defaults applied), or {}."""
+    signature = layer.signature
+    return dict(signature.arguments.arguments) if isinstance(signature, Signature) else {}
+
+
+def _map_layers(value, fn: Callable[[Layer], Layer]):
+    if isinstance(value, Layer):
+        return fn(value)
+    if isinstance(value, list | tuple):
+        return type(value)(_map_layers(v, fn) for v in value)
+    if isinstance(value, dict):
+        return {k: _map_layers(v, fn) for k, v in value.items()}
+    return value
 
 
 def _seeded(init_fn: Callable[..., tuple]) -> Callable[..., tuple]:
@@ -167,9 +245,10 @@ def _frozen(value):
 def constructor(build: Callable[..., Layer]) -> Callable[..., Layer]:
     """Decorates a layer constructor: adds ``name=`` and structural equality.
 
-    The layers it returns carry ``signature = (constructor, arguments)``: two built with
-    equal arguments compare and hash equal, so ``jax.jit`` reuses one compilation for a
-    model built twice. Arguments that are arrays make the layer compare by identity.
+    The layers it returns carry a ``Signature`` (constructor and arguments): two built
+    with equal arguments compare and hash equal, so ``jax.jit`` reuses one compilation
+    for a model built twice, and ``rebuild`` can build one again with arguments
+    changed. Arguments that are arrays make the layer compare by identity.
     """
     parameters = inspect.signature(build)
     qualified = f"{build.__module__}.{build.__qualname__}"
@@ -181,16 +260,50 @@ def constructor(build: Callable[..., Layer]) -> Callable[..., Layer]:
         bound = parameters.bind(*args, **kwargs)
         bound.apply_defaults()
         try:
-            signature = (qualified, _frozen(dict(bound.arguments)))
+            key = (qualified, _frozen(dict(bound.arguments)))
         except _Unhashable:
-            signature = None
-        return replace(layer, name=name, signature=signature)
+            key = None
+        return replace(layer, name=name, signature=Signature(key, built, bound))
 
+    built.constructs = qualified  # what its layers' signatures name: how a saved model finds it
     built.__signature__ = parameters.replace(parameters=[
         *parameters.parameters.values(),
         inspect.Parameter("name", inspect.Parameter.KEYWORD_ONLY, default=None,
                           annotation="str | None")])
     return built
+
+
+def _thawed(frozen):
+    """The argument ``_frozen`` stands for (its type included)."""
+    if isinstance(frozen, Layer):
+        return frozen
+    if isinstance(frozen, _Same):
+        return frozen.value
+    kind, value = frozen
+    if kind == "list":
+        return [_thawed(v) for v in value]
+    if kind == "tuple":
+        return tuple(_thawed(v) for v in value)
+    if kind == "dict":
+        return {_thawed(k): _thawed(v) for k, v in value}
+    if kind in ("NoneType", "bool", "int", "float", "str", "complex"):
+        return value
+    return np.dtype(kind).type(value)  # a NumPy scalar, by its dtype's name
+
+
+def constructor_arguments(layer: Layer) -> tuple[str, dict[str, Any]] | None:
+    """What ``layer`` was built from: ``(constructor, {argument: value})``, or None.
+
+    ``constructor`` is the qualified name of the ``@constructor`` function (its
+    ``constructs`` attribute), the arguments are those it was called with, defaults
+    filled in (``name=`` is ``layer.name``). None for a layer no constructor built (a
+    ``Layer(init, apply, ...)`` of your own, a graph model) or built from arrays.
+    """
+    signature = layer.signature
+    if (not isinstance(signature, tuple) or len(signature) != 2
+            or not isinstance(signature[1], tuple) or signature[1][:1] != ("dict",)):
+        return None
+    return signature[0], _thawed(signature[1])
 
 
 def layer_names(layers: Sequence[Layer], where: str) -> list[str]:

@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fnlearn.nn import precision
 from fnlearn.nn.activations import ACTIVATIONS, activation_fn
 from fnlearn.nn.core import Layer, Shape, constructor
 
@@ -30,7 +31,7 @@ def torch_linear_uniform(key: jax.Array, shape: Shape, fan_in: int) -> jax.Array
 
 @constructor
 def Dense(units: int, activation: str | None = None, *, use_bias: bool = True,
-          init: str = "keras") -> Layer:
+          init: str = "keras", dtype=None, param_dtype="float32") -> Layer:
     """A fully connected layer ``activation(x @ kernel + bias)`` on the last axis.
 
     Args:
@@ -39,6 +40,11 @@ def Dense(units: int, activation: str | None = None, *, use_bias: bool = True,
       use_bias: add a bias (Keras's ``use_bias``, PyTorch's ``bias``).
       init: ``"keras"`` (glorot-uniform kernel, zero bias, as ``keras.layers.Dense``)
         or ``"torch"`` (uniform +-1/sqrt(fan_in) for both, as ``torch.nn.Linear``).
+      dtype: the dtype it computes in (``fnlearn.nn.precision``): None follows the
+        inputs and parameters; ``"bfloat16"`` multiplies in bfloat16, sums, adds the
+        bias and applies the activation in float32, and rounds once (softmax and
+        log-softmax outputs stay float32).
+      param_dtype: the parameters' dtype.
 
     The kernel is stored ``(in, out)`` as in Keras; PyTorch's ``weight`` is its transpose.
     """
@@ -47,6 +53,8 @@ def Dense(units: int, activation: str | None = None, *, use_bias: bool = True,
     if init not in ("keras", "torch"):
         raise ValueError(f"Dense init must be 'keras' or 'torch', got {init!r}")
     act = activation_fn(activation)
+    compute = precision.check_dtype(dtype, "Dense dtype")
+    stored = precision.check_dtype(param_dtype, "Dense param_dtype")
 
     def init_fn(key, input_shape):
         fan_in = input_shape[-1]
@@ -58,11 +66,17 @@ def Dense(units: int, activation: str | None = None, *, use_bias: bool = True,
             kernel = torch_linear_uniform(kernel_key, (fan_in, units), fan_in)
             bias = torch_linear_uniform(bias_key, (units,), fan_in)
         params = {"kernel": kernel, "bias": bias} if use_bias else {"kernel": kernel}
-        return (*input_shape[:-1], units), params
+        return (*input_shape[:-1], units), jax.tree.map(lambda p: p.astype(stored), params)
 
     def apply_fn(params, x, *, key=None, train=False):
-        y = x @ params["kernel"]
-        return act(y + params["bias"] if use_bias else y)
+        kernel = params["kernel"]
+        dtype = precision.compute_dtype(compute, x, kernel)
+        if precision.is_half(dtype):
+            y = precision.product(x, kernel, dtype)
+            y = act(y + params["bias"].astype(jnp.float32) if use_bias else y)
+            return precision.rounded(y, dtype, activation)
+        y = x.astype(dtype) @ kernel.astype(dtype)
+        return act(y + params["bias"].astype(dtype) if use_bias else y)
 
     config = {"units": units, "activation": activation or "linear", "init": init,
               "bias": use_bias}
@@ -70,17 +84,20 @@ def Dense(units: int, activation: str | None = None, *, use_bias: bool = True,
 
 
 @constructor
-def Linear(in_features: int, out_features: int, bias: bool = True) -> Layer:
+def Linear(in_features: int, out_features: int, bias: bool = True, *, dtype=None,
+           param_dtype="float32") -> Layer:
     """PyTorch's ``nn.Linear(in_features, out_features, bias)``, with its initialization.
 
-    A ``Dense(out_features, use_bias=bias, init="torch")`` whose ``init`` checks that
-    the inputs have ``in_features`` features. The kernel is stored ``(in, out)``;
-    PyTorch's ``weight`` is its transpose.
+    A ``Dense(out_features, use_bias=bias, init="torch", dtype=dtype,
+    param_dtype=param_dtype)`` whose ``init`` checks that the inputs have
+    ``in_features`` features. The kernel is stored ``(in, out)``; PyTorch's ``weight``
+    is its transpose.
     """
     for name, value in (("in_features", in_features), ("out_features", out_features)):
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
             raise ValueError(f"Linear {name} must be a positive int, got {value!r}")
-    dense = Dense(out_features, use_bias=bias, init="torch")
+    dense = Dense(out_features, use_bias=bias, init="torch", dtype=dtype,
+                  param_dtype=param_dtype)
 
     def init_fn(key, input_shape):
         if input_shape[-1] != in_features:

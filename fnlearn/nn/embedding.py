@@ -5,12 +5,13 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from fnlearn.nn import precision
 from fnlearn.nn.core import Layer, constructor
 
 
 @constructor
 def Embedding(input_dim: int, output_dim: int, *, init: str = "keras",
-              padding_idx: int | None = None) -> Layer:
+              padding_idx: int | None = None, dtype=None, param_dtype="float32") -> Layer:
     """Looks up row ``i`` of a ``(input_dim, output_dim)`` table for each id ``i``.
 
     Inputs are integer ids of any per-example shape ``s``; outputs have shape
@@ -22,6 +23,9 @@ def Embedding(input_dim: int, output_dim: int, *, init: str = "keras",
       output_dim: the vector size (PyTorch's ``embedding_dim``).
       init: ``"keras"`` (U(-0.05, 0.05), Keras's ``"uniform"``) or ``"torch"`` (N(0, 1)).
       padding_idx: PyTorch's: this id's row starts at zero and gets no gradient.
+      dtype: the output vectors' dtype (None: the table's); rows are looked up, then
+        rounded, so the table stays ``param_dtype`` (``fnlearn.nn.precision``).
+      param_dtype: the table's dtype.
 
     The table is ``params["embeddings"]`` (Keras's name; PyTorch's ``weight``).
     """
@@ -35,6 +39,8 @@ def Embedding(input_dim: int, output_dim: int, *, init: str = "keras",
         raise ValueError(f"Embedding padding_idx must be an id in [-{input_dim}, {input_dim}), "
                          f"got {padding_idx!r}")
     pad = None if padding_idx is None else padding_idx % input_dim
+    out_dtype = precision.check_dtype(dtype, "Embedding dtype")
+    stored = precision.check_dtype(param_dtype, "Embedding param_dtype")
 
     def init_fn(key, input_shape):
         shape = (input_dim, output_dim)
@@ -44,14 +50,15 @@ def Embedding(input_dim: int, output_dim: int, *, init: str = "keras",
             table = jax.random.normal(key, shape, jnp.float32)
         if pad is not None:
             table = table.at[pad].set(0.0)
-        return (*input_shape, output_dim), {"embeddings": table}
+        return (*input_shape, output_dim), {"embeddings": table.astype(stored)}
 
     def apply_fn(params, x, *, key=None, train=False):
         table = params["embeddings"]
         if pad is not None:
             table = table.at[pad].set(jax.lax.stop_gradient(table[pad]))
         ids = x if jnp.issubdtype(x.dtype, jnp.integer) else x.astype(jnp.int32)
-        return jnp.take(table, ids, axis=0, mode="fill", fill_value=jnp.nan)
+        rows = jnp.take(table, ids, axis=0, mode="fill", fill_value=jnp.nan)
+        return rows if out_dtype is None else rows.astype(out_dtype)
 
     return Layer(init_fn, apply_fn, "embedding",
                  {"input_dim": input_dim, "output_dim": output_dim, "init": init,

@@ -25,13 +25,14 @@ from __future__ import annotations
 
 import inspect
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import jax
 
 from fnlearn.nn.core import (
     Layer,
+    Signature,
     abstract_init,
     apply,
     check_name,
@@ -306,11 +307,29 @@ def graph_layer(inputs, outputs, *, name: str | None = None, kind: str = "model"
     """The layer of the graph from ``inputs`` to ``outputs`` (``Model``, and the helpers')."""
     check_name(name)
     spec = build_spec(inputs, outputs, f"Model {name!r}" if name else "Model")
+    return spec_layer(spec.layers, spec=spec, kind=kind, name=name)
+
+
+def spec_layer(layers: tuple[Layer, ...], *, spec: Spec, kind: str = "model",
+               name: str | None = None) -> Layer:
+    """The layer of the graph ``spec`` with its distinct layers replaced by ``layers``.
+
+    The graph's steps, names and structure stay; its ``Signature`` builds it again with
+    other layers, which is how ``nn.core.rebuild`` (and ``nn.with_policy``) go through a
+    graph model.
+    """
+    check_name(name)
+    layers = tuple(layers)
+    if len(layers) != len(spec.layers):
+        raise ValueError(f"a graph of {len(spec.layers)} layers cannot be rebuilt with "
+                         f"{len(layers)}")
+    spec = replace(spec, layers=layers)
     stateful = any(layer.stateful for layer in spec.layers)
     kind_out, keys = spec.output_structure
     config = {"graph": spec,
               "output_structure": None if kind_out == "single" else (kind_out, keys)}
-    signature = ("fnlearn.nn.graph", kind, spec)
+    arguments = inspect.signature(spec_layer).bind(layers, spec=spec, kind=kind)
+    signature = Signature(("fnlearn.nn.graph", kind, spec), spec_layer, arguments)
 
     def init_all(key, input_shape):
         return run_init(spec, key, input_shape)

@@ -19,6 +19,11 @@ PyTorch    ``run = (1 - momentum) * run + momentum * b``  0.1      1e-5      unb
 copied from either framework's code mean what they meant there. Both normalize
 with the biased batch variance; PyTorch's running variance is updated with the
 unbiased one (``n / (n - 1)`` times it, n the real values per channel).
+
+Statistics and the normalization itself are computed in float32 whatever the inputs'
+dtype; the result comes out in the layer's ``dtype`` (None: the inputs' float dtype), so
+under ``mixed_bfloat16`` a BatchNorm reads and writes bfloat16 activations and keeps its
+sums, running statistics and parameters in float32, as Keras's and PyTorch's do.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from fnlearn.nn import precision
 from fnlearn.nn.core import Layer, constructor
 
 _DEFAULTS = {"keras": (0.99, 1e-3), "torch": (0.1, 1e-5)}
@@ -33,7 +39,8 @@ _DEFAULTS = {"keras": (0.99, 1e-3), "torch": (0.1, 1e-5)}
 
 @constructor
 def BatchNorm(momentum: float | None = None, epsilon: float | None = None, *,
-              convention: str = "keras", center: bool = True, scale: bool = True) -> Layer:
+              convention: str = "keras", center: bool = True, scale: bool = True,
+              dtype=None, param_dtype="float32") -> Layer:
     """Normalizes each channel (the last axis) with batch statistics (Keras ``BatchNormalization``).
 
     Args:
@@ -45,6 +52,8 @@ def BatchNorm(momentum: float | None = None, epsilon: float | None = None, *,
         whether the running variance is biased (Keras) or unbiased (PyTorch).
       center: learn a per-channel offset ``beta`` (PyTorch: ``affine``).
       scale: learn a per-channel scale ``gamma``.
+      dtype: the output dtype (None: the inputs'); statistics are float32 regardless.
+      param_dtype: the dtype of ``gamma`` and ``beta``.
 
     Returns:
       A stateful layer: parameters ``gamma``/``beta``, state ``mean``/``var`` (float32).
@@ -62,16 +71,14 @@ def BatchNorm(momentum: float | None = None, epsilon: float | None = None, *,
     # The weight the old running value keeps, whichever way momentum was given.
     decay = momentum if convention == "keras" else 1.0 - momentum
     unbiased = convention == "torch"
+    out_dtype = precision.check_dtype(dtype, "BatchNorm dtype")
+    stored = precision.check_dtype(param_dtype, "BatchNorm param_dtype")
 
     def init_fn(key, input_shape):
         if not input_shape:
             raise ValueError("BatchNorm needs inputs with a channel axis, got scalar examples")
         channels = input_shape[-1]
-        params = {}
-        if scale:
-            params["gamma"] = jnp.ones((channels,), jnp.float32)
-        if center:
-            params["beta"] = jnp.zeros((channels,), jnp.float32)
+        params = _affine((channels,), center, scale, stored)
         state = {"mean": jnp.zeros((channels,), jnp.float32),
                  "var": jnp.ones((channels,), jnp.float32)}
         return tuple(input_shape), params, state
@@ -84,10 +91,10 @@ def BatchNorm(momentum: float | None = None, epsilon: float | None = None, *,
             mean, var, new_state = state["mean"], state["var"], state
         y = (x32 - mean) * jax.lax.rsqrt(var + jnp.float32(epsilon))
         if scale:
-            y = y * params["gamma"]
+            y = y * params["gamma"].astype(jnp.float32)
         if center:
-            y = y + params["beta"]
-        return y.astype(x.dtype) if jnp.issubdtype(x.dtype, jnp.floating) else y, new_state
+            y = y + params["beta"].astype(jnp.float32)
+        return _output(y, x, out_dtype), new_state
 
     config = {"momentum": momentum, "epsilon": epsilon, "convention": convention,
               "decay": decay, "unbiased_running_var": unbiased, "center": center,
@@ -126,31 +133,39 @@ def _epsilon(epsilon, convention: str, layer: str) -> float:
     return float(epsilon)
 
 
-def _affine(shape, center: bool, scale: bool) -> dict:
+def _affine(shape, center: bool, scale: bool, dtype=jnp.float32) -> dict:
     params = {}
     if scale:
-        params["gamma"] = jnp.ones(shape, jnp.float32)
+        params["gamma"] = jnp.ones(shape, dtype)
     if center:
-        params["beta"] = jnp.zeros(shape, jnp.float32)
+        params["beta"] = jnp.zeros(shape, dtype)
     return params
 
 
-def _normalized(x, axes, epsilon, params, broadcast):
+def _output(y, x, dtype):
+    """The float32 result ``y`` in ``dtype``, or (None) in the inputs' float dtype."""
+    if dtype is not None:
+        return y.astype(dtype)
+    return y.astype(x.dtype) if jnp.issubdtype(x.dtype, jnp.floating) else y
+
+
+def _normalized(x, axes, epsilon, params, broadcast, dtype=None):
     """``(x - mean) / sqrt(var + epsilon)`` over ``axes`` (biased variance), then the affine."""
     x32 = x.astype(jnp.float32)
     mean = jnp.mean(x32, axis=axes, keepdims=True)
     var = jnp.mean(jnp.square(x32 - mean), axis=axes, keepdims=True)
     y = (x32 - mean) * jax.lax.rsqrt(var + jnp.float32(epsilon))
     if "gamma" in params:
-        y = y * broadcast(params["gamma"])
+        y = y * broadcast(params["gamma"].astype(jnp.float32))
     if "beta" in params:
-        y = y + broadcast(params["beta"])
-    return y.astype(x.dtype) if jnp.issubdtype(x.dtype, jnp.floating) else y
+        y = y + broadcast(params["beta"].astype(jnp.float32))
+    return _output(y, x, dtype)
 
 
 @constructor
 def LayerNorm(axis: int | tuple[int, ...] = -1, epsilon: float | None = None, *,
-              center: bool = True, scale: bool = True, convention: str = "keras") -> Layer:
+              center: bool = True, scale: bool = True, convention: str = "keras",
+              dtype=None, param_dtype="float32") -> Layer:
     """Normalizes each example over ``axis`` (Keras ``LayerNormalization``, PyTorch ``LayerNorm``).
 
     Args:
@@ -161,6 +176,7 @@ def LayerNorm(axis: int | tuple[int, ...] = -1, epsilon: float | None = None, *,
       epsilon: added to the variance (1e-3 for Keras, 1e-5 for PyTorch by default).
       center, scale: learn ``beta`` and ``gamma`` (PyTorch: ``elementwise_affine``).
       convention: ``"keras"`` or ``"torch"``: the default epsilon.
+      dtype, param_dtype: as ``BatchNorm``'s.
 
     Any rank works, so sequence and attention layers reuse it on ``(length, features)``.
     """
@@ -169,6 +185,8 @@ def LayerNorm(axis: int | tuple[int, ...] = -1, epsilon: float | None = None, *,
         raise ValueError(f"LayerNorm axis must be a non-zero int or ints (they count the batch "
                          f"axis, as Keras's do), got {axis!r}")
     eps = _epsilon(epsilon, convention, "LayerNorm")
+    out_dtype = precision.check_dtype(dtype, "LayerNorm dtype")
+    stored = precision.check_dtype(param_dtype, "LayerNorm param_dtype")
 
     def per_example(rank):
         out = sorted({a - 1 if a > 0 else rank + a for a in axes})
@@ -179,7 +197,8 @@ def LayerNorm(axis: int | tuple[int, ...] = -1, epsilon: float | None = None, *,
 
     def init_fn(key, input_shape):
         dims = per_example(len(input_shape))
-        return tuple(input_shape), _affine(tuple(input_shape[d] for d in dims), center, scale)
+        return tuple(input_shape), _affine(tuple(input_shape[d] for d in dims), center, scale,
+                                           stored)
 
     def apply_fn(params, x, *, key=None, train=False):
         dims = per_example(x.ndim - 1)
@@ -187,7 +206,7 @@ def LayerNorm(axis: int | tuple[int, ...] = -1, epsilon: float | None = None, *,
         for d in dims:
             shape[d + 1] = x.shape[d + 1]
         return _normalized(x, tuple(d + 1 for d in dims), eps, params,
-                           lambda p: p.reshape(shape))
+                           lambda p: p.reshape(shape), out_dtype)
 
     return Layer(init_fn, apply_fn, "layer_norm",
                  {"axis": axes, "epsilon": eps, "center": center, "scale": scale,
@@ -196,7 +215,8 @@ def LayerNorm(axis: int | tuple[int, ...] = -1, epsilon: float | None = None, *,
 
 @constructor
 def GroupNorm(groups: int = 32, epsilon: float | None = None, *, center: bool = True,
-              scale: bool = True, convention: str = "keras") -> Layer:
+              scale: bool = True, convention: str = "keras", dtype=None,
+              param_dtype="float32") -> Layer:
     """Normalizes each example over groups of channels (Keras ``GroupNormalization``,
     PyTorch ``GroupNorm(num_groups, num_channels)``).
 
@@ -210,23 +230,26 @@ def GroupNorm(groups: int = 32, epsilon: float | None = None, *, center: bool = 
       epsilon: added to the variance (1e-3 for Keras, 1e-5 for PyTorch by default).
       center, scale: learn ``beta`` and ``gamma`` (PyTorch: ``affine``).
       convention: ``"keras"`` or ``"torch"``: the default epsilon.
+      dtype, param_dtype: as ``BatchNorm``'s.
     """
     if isinstance(groups, bool) or not isinstance(groups, int) or groups <= 0:
         raise ValueError(f"GroupNorm groups must be a positive int, got {groups!r}")
     eps = _epsilon(epsilon, convention, "GroupNorm")
+    out_dtype = precision.check_dtype(dtype, "GroupNorm dtype")
+    stored = precision.check_dtype(param_dtype, "GroupNorm param_dtype")
 
     def init_fn(key, input_shape):
         if not input_shape or input_shape[-1] % groups:
             raise ValueError(f"GroupNorm groups {groups} must divide the channels (the last "
                              f"axis) of per-example inputs {tuple(input_shape)}")
-        return tuple(input_shape), _affine((input_shape[-1],), center, scale)
+        return tuple(input_shape), _affine((input_shape[-1],), center, scale, stored)
 
     def apply_fn(params, x, *, key=None, train=False):
         channels = x.shape[-1]
         grouped = x.reshape(*x.shape[:-1], groups, channels // groups)
         axes = (*range(1, x.ndim - 1), x.ndim)  # every axis but the batch and the group
         y = _normalized(grouped, axes, eps, params,
-                        lambda p: p.reshape(groups, channels // groups))
+                        lambda p: p.reshape(groups, channels // groups), out_dtype)
         return y.reshape(x.shape)
 
     return Layer(init_fn, apply_fn, "group_norm",

@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 import jax
 
 from fnlearn.nn.core import Layer, init_with_state
-from fnlearn.parity import registry, sequence_walk
+from fnlearn.parity import named, registry, sequence_walk
 from fnlearn.parity.graphs import (
     ELEMENTWISE_KINDS,
     IGNORED_KINDS,
@@ -168,7 +168,11 @@ def _weights(params, model_state, step):
 def variables_to_torch(params: Params, module, *, model: Layer, input_shape: Sequence[int],
                        model_state: Params | None = None,
                        weighted_only: bool = False) -> dict[str, Any]:
-    """A ``state_dict`` for ``module`` holding fnlearn's weights (and BatchNorm statistics)."""
+    """A ``state_dict`` for ``module`` holding fnlearn's weights (and BatchNorm statistics).
+
+    A graph model pairs with the module by name (``named``), a chain in order."""
+    if "graph" in model.config:
+        return named.to_torch(params, module, model, input_shape, model_state)
     torch = import_torch()
     steps = walk(model, input_shape)
     state = module.state_dict()
@@ -200,7 +204,11 @@ def variables_from_torch(source, *, model: Layer, input_shape: Sequence[int],
       model: the fnlearn model the weights are for.
       input_shape: fnlearn's per-example input shape.
       weighted_only: compare only layers with weights (see ``align``).
+
+    A graph model pairs with the module (or state dict) by name (``named``).
     """
+    if "graph" in model.config:
+        return named.from_torch(source, model, input_shape)
     steps = walk(model, input_shape)
     # A state dict (or a dict of gradients) names weights only: it pairs with weighted layers.
     pairs = align(steps, torch_ops(source), "PyTorch", weighted_only or isinstance(source, dict))
@@ -237,7 +245,11 @@ def _collect(model, input_shape, pairs, convert) -> tuple[Params, Params]:
 
 def variables_to_keras(params: Params, keras_model, *, model: Layer, input_shape: Sequence[int],
                        model_state: Params | None = None, weighted_only: bool = False):
-    """Sets a Keras model's weights from fnlearn's; returns ``keras_model``, modified in place."""
+    """Sets a Keras model's weights from fnlearn's; returns ``keras_model``, modified in place.
+
+    A graph model pairs with the Keras layers by name (``named``), a chain in order."""
+    if "graph" in model.config:
+        return named.to_keras(params, keras_model, model, input_shape, model_state)
     for step, ops in align(walk(model, input_shape), keras_ops(keras_model), "Keras",
                            weighted_only):
         entry = registry.REGISTRY[step.layer.kind]
@@ -254,7 +266,10 @@ def variables_to_keras(params: Params, keras_model, *, model: Layer, input_shape
 
 def variables_from_keras(keras_model, *, model: Layer, input_shape: Sequence[int],
                          weighted_only: bool = False) -> tuple[Params, Params]:
-    """``(params, model_state)`` for ``model`` from a Keras model, kinds checked in order."""
+    """``(params, model_state)`` for ``model`` from a Keras model, kinds checked in order (a
+    graph model: by name)."""
+    if "graph" in model.config:
+        return named.from_keras(keras_model, model, input_shape)
     pairs = align(walk(model, input_shape), keras_ops(keras_model), "Keras", weighted_only)
     return _collect(model, input_shape, pairs, lambda entry, step, layer: None
                     if entry.from_keras is None else entry.from_keras(layer.get_weights(),

@@ -79,7 +79,7 @@ TORCH_MODULES = {
 }
 
 
-def _module_kind(module) -> str | None:
+def module_kind(module) -> str | None:
     """The vocabulary kind of a torch module, where its settings decide it."""
     name = type(module).__name__
     if name == "GELU" and module.approximate == "tanh":
@@ -89,7 +89,7 @@ def _module_kind(module) -> str | None:
     return TORCH_MODULES.get(name)
 
 
-def _torch_functions(torch) -> dict:
+def torch_functions(torch) -> dict:
     F = torch.nn.functional
     return {F.relu: "relu", torch.relu: "relu", F.max_pool2d: "max_pool2d",
             F.avg_pool2d: "avg_pool2d", torch.flatten: "flatten", F.log_softmax: "log_softmax",
@@ -115,7 +115,7 @@ def supported_torch() -> list[str]:
                                         "F.hardsigmoid", "F.elu", "F.leaky_relu"})
 
 
-def _function_config(kind: str, node) -> dict:
+def function_config(kind: str, node) -> dict:
     args, kwargs = list(node.args[1:]), dict(node.kwargs)
     if kind in ("max_pool2d", "avg_pool2d"):
         names = ("kernel_size", "stride", "padding")
@@ -183,7 +183,7 @@ def torch_ops(module) -> list[Op]:
         raise ValueError(f"cannot trace {type(module).__name__} with torch.fx "
                          f"(data-dependent control flow?): {error}") from error
     submodules = dict(module.named_modules())
-    functions = _torch_functions(torch)
+    functions = torch_functions(torch)
     ops, previous, tuple_source = [], None, None
     for node in graph.nodes:
         if node.op == "placeholder":
@@ -224,7 +224,7 @@ def torch_ops(module) -> list[Op]:
                     else None
                 previous = node
                 continue
-            kind = _module_kind(obj)
+            kind = module_kind(obj)
             config = {}
             if type(obj).__name__ == "MultiheadAttention":
                 tuple_source = node
@@ -246,7 +246,7 @@ def torch_ops(module) -> list[Op]:
             if kind is None:
                 raise ValueError(f"unsupported operation at {where}; "
                                  f"supported: {', '.join(supported_torch())}")
-            config = _function_config(kind, node)
+            config = function_config(kind, node)
         ops.append(Op(kind, obj, where, config))
         previous = node
     return _merge_global_pool_flatten(ops)

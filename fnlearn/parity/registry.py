@@ -27,6 +27,7 @@ from fnlearn.parity import twins, twins_seq
 from fnlearn.parity.graphs import import_torch
 from fnlearn.parity.twins import Entry, act, f32, torch_activation
 
+#: One entry per layer kind: its PyTorch and Keras twins and how weights convert both ways.
 REGISTRY: dict[str, Entry] = {}
 
 

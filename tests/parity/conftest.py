@@ -117,3 +117,38 @@ def torch_net(torch):
             return F.log_softmax(x, dim=1)
 
     return Net
+
+
+@pytest.fixture(scope="session")
+def torchvision(torch, need):
+    """The ``torchvision`` module, for its model definitions (``resnet18``).
+
+    The package index this project installs from has only torchvision's CUDA build for
+    torch 2.13, whose C++ operators (``nms``...) cannot load beside the CPU build of
+    torch: torchvision then fails at import, registering Python fallbacks for two of
+    them. Their schemas are declared first, so the pure-Python models import; no test
+    uses the operators.
+    """
+    import importlib.util
+
+    spec = importlib.util.find_spec("torchvision")
+    library = None  # the declarations last as long as this object: the whole session
+    if spec is not None and not _torchvision_ops_load(torch, spec):
+        library = torch.library.Library("torchvision", "DEF")
+        library.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+        library.define("qnms(Tensor dets, Tensor scores, float iou_threshold, "
+                       "float quant_scale) -> Tensor")
+    yield need("torchvision")
+    del library
+
+
+def _torchvision_ops_load(torch, spec) -> bool:
+    import glob
+
+    for path in glob.glob(os.path.join(spec.submodule_search_locations[0], "_C*.so")):
+        try:
+            torch.ops.load_library(path)
+            return True
+        except (OSError, RuntimeError):
+            return False
+    return False
