@@ -15,6 +15,7 @@
 PyTorch and TensorFlow are imported only inside the functions that need them.
 """
 
+from fnlearn.parity import sequence_import  # noqa: F401, I001 - registers sequence builders
 from fnlearn.parity.builders import (
     KERAS_BUILDERS,
     TORCH_BUILDERS,

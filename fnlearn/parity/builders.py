@@ -14,16 +14,30 @@ A new layer kind plugs into both importers with ``register_torch_import`` and
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 from fnlearn import nn
 from fnlearn.nn.core import Layer
 from fnlearn.parity.graphs import KERAS_LAYERS, TORCH_MODULES, Op
 
-TorchBuilder = Callable[[Op], Layer | None]
+
+class Part(NamedTuple):
+    """One of several fnlearn layers a module imports as, in order (an ``nn.LSTM`` with
+    ``num_layers=2`` is two recurrent layers): named ``<module>.<suffix>``, its weights
+    converted from ``source`` (None: it has none)."""
+
+    suffix: str
+    layer: Layer
+    source: Any
+
+
+TorchBuilder = Callable[[Op], "Layer | list[Part] | None"]
 KerasBuilder = Callable[[Any, Op], Layer | None]
 TORCH_BUILDERS: dict[str, TorchBuilder] = {}
 KERAS_BUILDERS: dict[str, KerasBuilder] = {}
+#: Keras layer classes called with several positional tensors (``mha(query, value)``): their
+#: fnlearn layer takes them as one tuple (one, when they are all the same tensor).
+KERAS_POSITIONAL: set[str] = set()
 
 
 def register_torch_import(kind: str, build: TorchBuilder, *,
@@ -32,8 +46,8 @@ def register_torch_import(kind: str, build: TorchBuilder, *,
 
     Args:
       kind: the operation's kind in the shared vocabulary.
-      build: ``op -> Layer | None``; ``op.obj`` is the module (None for a function, whose
-        arguments are in ``op.config``), ``op.where`` names it for messages.
+      build: ``op -> Layer | list[Part] | None``; ``op.obj`` is the module (None for a
+        function, whose arguments are in ``op.config``), ``op.where`` names it for messages.
       module_types: ``torch.nn.Module`` class names that are this kind (``("LSTM",)``):
         they are traced as one operation, not through their ``forward``.
     """
@@ -42,17 +56,23 @@ def register_torch_import(kind: str, build: TorchBuilder, *,
     TORCH_BUILDERS[kind] = build
 
 
-def register_keras_import(class_name: str, build: KerasBuilder, *, kind: str | None = None) -> None:
+def register_keras_import(class_name: str, build: KerasBuilder, *, kind: str | None = None,
+                          positional: bool = False) -> None:
     """Teaches ``from_keras`` a layer class: ``build(layer, op)`` gives its fnlearn layer.
 
-    ``op.config["pad"]`` holds a ``ZeroPadding2D`` folded into a convolution.
+    ``op.config["pad"]`` holds a ``ZeroPadding2D`` folded into a convolution,
+    ``op.config["call"]`` the call's keyword arguments that are not tensors,
+    ``op.config["mask_value"]`` the value a recurrent layer finds masked steps by.
+    ``positional``: the layer may be called with several tensors (``KERAS_POSITIONAL``).
     """
     KERAS_LAYERS[class_name] = kind or class_name.lower()
     KERAS_BUILDERS[class_name] = build
+    if positional:
+        KERAS_POSITIONAL.add(class_name)
 
 
-def torch_layer(op: Op) -> Layer | None:
-    """The fnlearn layer of one PyTorch operation (None: the identity at inference)."""
+def torch_layer(op: Op) -> Layer | list[Part] | None:
+    """The fnlearn layer (or layers) of one PyTorch operation (None: the identity)."""
     build = TORCH_BUILDERS.get(op.kind)
     if build is None:
         raise ValueError(f"{op.kind} at {op.where} cannot be imported yet; convert its weights "

@@ -157,6 +157,8 @@ def _check_tree(what: str, got: dict, like: dict) -> None:
         raise ValueError(f"{what}: converted weights {sorted(got)} do not match the fnlearn "
                          f"layer's {sorted(like)}")
     for key, value in got.items():
-        if tuple(value.shape) != tuple(like[key].shape):
+        if isinstance(value, dict):  # a layer made of parts (Bidirectional, attention)
+            _check_tree(f"{what}/{key}", value, like[key])
+        elif tuple(value.shape) != tuple(like[key].shape):
             raise ValueError(f"{what}/{key}: converted shape {tuple(value.shape)} does not "
                              f"match the fnlearn layer's {tuple(like[key].shape)}")

@@ -15,7 +15,7 @@ import numpy as np
 
 from fnlearn.nn.node import Input
 from fnlearn.parity import registry
-from fnlearn.parity.builders import KERAS_BUILDERS, keras_layer
+from fnlearn.parity.builders import KERAS_BUILDERS, KERAS_POSITIONAL, keras_layer
 from fnlearn.parity.compare import to_numpy
 from fnlearn.parity.graphs import KERAS_LAYERS, Op, import_keras
 from fnlearn.parity.importer import (
@@ -27,6 +27,7 @@ from fnlearn.parity.importer import (
     place_weights,
     report,
 )
+from fnlearn.parity.sequence_import import keras_masks
 
 _FOLDS_PADDING = ("Conv2D", "DepthwiseConv2D")
 
@@ -75,6 +76,7 @@ class _Reader:
                     h[0], self.readers.get(h[0], 0) + 1))
         self.outputs = {}  # (layer, node index) -> the fnlearn node
         self.built, self.weights, self.calls, self.pad = {}, {}, [], {}
+        self.masks = keras_masks(config, layers.get_layer)  # Masking folded into RNNs
 
     def tensor(self, history):
         name, node, index = history
@@ -90,11 +92,12 @@ class _Reader:
         inbound = entry["inbound_nodes"][index]
         if any(_history(v) is not None for v in _leaves(inbound["kwargs"])):
             raise ValueError(f"{where} takes a tensor as a keyword argument: not supported")
-        args = inbound["args"]
+        args, kind = inbound["args"], entry["class_name"]
+        if kind in KERAS_POSITIONAL and len(args) > 1:  # mha(query, value): one tuple
+            args = [args[0]] if all(a == args[0] for a in args) else [list(args)]
         if len(args) != 1:
             raise ValueError(f"{where} is called with {len(args)} positional arguments: "
                              "fnlearn imports layers called on one tensor or one list")
-        kind = entry["class_name"]
         if kind == "ZeroPadding2D" and self.foldable(name):
             # Its reader, a "valid" convolution, takes the padding as its own.
             self.outputs[(name, index)] = self.tensor(_history(args[0]))
@@ -108,8 +111,9 @@ class _Reader:
             if kind not in KERAS_LAYERS or kind not in KERAS_BUILDERS:
                 raise ValueError(f"unsupported layer {kind} at {where}; supported: "
                                  f"{', '.join(sorted(KERAS_BUILDERS))}")
-            fn_layer = keras_layer(layer, Op(KERAS_LAYERS[kind], layer, where,
-                                             {"pad": self.pad.get(name)}))
+            fn_layer = keras_layer(layer, Op(KERAS_LAYERS[kind], layer, where, {
+                "pad": self.pad.get(name), "call": inbound["kwargs"],
+                "mask_value": self.masks.get(name)}))
             fn_layer = self.built[name] = None if fn_layer is None else named(fn_layer, name)
             if fn_layer is not None:
                 self.convert(fn_layer, layer)

@@ -25,7 +25,7 @@ import numpy as np
 
 from fnlearn import nn
 from fnlearn.nn.node import Input
-from fnlearn.parity import registry
+from fnlearn.parity import registry, torch_items
 from fnlearn.parity.builders import TORCH_BUILDERS, torch_layer
 from fnlearn.parity.compare import to_numpy
 from fnlearn.parity.graphs import (
@@ -142,9 +142,13 @@ class _Reader:
                     shape = _shape(node.all_input_nodes[0]) or ()
                     if len(shape) == 4:
                         self.flatten_from[follower] = _fnlearn_shape(shape[1:])
+        self.extra = torch_items.plan_last_steps(self)  # node -> settings for its builder
 
     def call(self, layer, args, node, module=None) -> None:
         """``layer`` called on ``args``; a module's layer is built and converted once."""
+        if isinstance(layer, list):  # builders.Part's: the module is their chain
+            torch_items.call_parts(self, layer, args, node, module)
+            return
         if module is not None:
             key = id(module)
             if key in self.layers:
@@ -185,7 +189,7 @@ class _Reader:
             if self.env.get(node.args[0]) is None:  # an item of a shape
                 self.env[node] = None
                 return
-            self.item(node, where)
+            torch_items.read_item(self, node, where)
             return
         if kind in _MERGES or kind == "concatenate":
             self.merge(node, kind, tensors, where)
@@ -201,6 +205,7 @@ class _Reader:
             return
         if layer is None:
             config = {} if module is not None else function_config(kind, node)
+            config.update(self.extra.get(node, {}))
             if kind == "flatten":
                 config["linear_follows"] = node in self.linear_follows
             if kind in ("conv2d", "zero_pad") and node in self.pad:
@@ -221,7 +226,7 @@ class _Reader:
         if kind == "flatten":
             if out == (shape[0], math.prod(shape[1:])):
                 return False if len(shape) == 2 else None
-            if len(shape) != 4 and out is not None and len(out) != 4:
+            if (len(shape) != 4 or shape[1] == 1) and out is not None and len(out) != 4:
                 return nn.Reshape(out[1:])
             raise ValueError(f"{where} reshapes {shape} to {out}: only a flatten to "
                              "(batch, features) is imported for images")
@@ -232,6 +237,11 @@ class _Reader:
                 raise ValueError(f"{kind} at {where} is over dim {dim} of {shape}: fnlearn's "
                                  "is over the features (the channels of an image)")
             return None
+        if kind == "spatial_dropout" and len(shape) != 4:  # PyTorch drops single features
+            return nn.Dropout(float(self.submodules[node.target].p if node.op == "call_module"
+                                    else function_config(kind, node)["p"]))
+        if kind == "mean" and torch_items.time_mean(node, shape) is not None:
+            return torch_items.time_mean(node, shape)
         if kind in ("global_avg_pool2d", "adaptive_pool", "mean"):
             return self.pooling(node, kind, shape, out, where)
         return None
@@ -275,12 +285,6 @@ class _Reader:
             raise ValueError(f"{where} broadcasts {shapes[0]} with {shapes[1]}: fnlearn imports "
                              f"{kind} of two tensors of one shape")
         self.call(_MERGES[kind](), [self.env[a] for a in node.args], node)
-
-    def item(self, node, where) -> None:
-        source = node.args[0]
-        if _shape(source) is not None:
-            raise ValueError(f"{where} indexes a tensor: slicing is not supported")
-        self.env[node] = self.env[source][node.args[1]]
 
 
 def _trace(torch, module):
