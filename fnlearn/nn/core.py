@@ -273,24 +273,6 @@ def constructor(build: Callable[..., Layer]) -> Callable[..., Layer]:
     return built
 
 
-def _thawed(frozen):
-    """The argument ``_frozen`` stands for (its type included)."""
-    if isinstance(frozen, Layer):
-        return frozen
-    if isinstance(frozen, _Same):
-        return frozen.value
-    kind, value = frozen
-    if kind == "list":
-        return [_thawed(v) for v in value]
-    if kind == "tuple":
-        return tuple(_thawed(v) for v in value)
-    if kind == "dict":
-        return {_thawed(k): _thawed(v) for k, v in value}
-    if kind in ("NoneType", "bool", "int", "float", "str", "complex"):
-        return value
-    return np.dtype(kind).type(value)  # a NumPy scalar, by its dtype's name
-
-
 def constructor_arguments(layer: Layer) -> tuple[str, dict[str, Any]] | None:
     """What ``layer`` was built from: ``(constructor, {argument: value})``, or None.
 
@@ -300,10 +282,12 @@ def constructor_arguments(layer: Layer) -> tuple[str, dict[str, Any]] | None:
     ``Layer(init, apply, ...)`` of your own, a graph model) or built from arrays.
     """
     signature = layer.signature
-    if (not isinstance(signature, tuple) or len(signature) != 2
-            or not isinstance(signature[1], tuple) or signature[1][:1] != ("dict",)):
+    if not isinstance(signature, Signature) or signature.key is None:
         return None
-    return signature[0], _thawed(signature[1])
+    qualified = getattr(signature.build, "constructs", None)
+    if qualified is None:
+        return None
+    return qualified, dict(signature.arguments.arguments)
 
 
 def layer_names(layers: Sequence[Layer], where: str) -> list[str]:
