@@ -4,10 +4,10 @@ The sequence section of ``benchmark.py`` (``python experiments/benchmark.py --se
 runs it), in ``benchmark_convnet.py``'s style: each contender
 (``experiments/contenders/*_sequences.py``) runs in its own process, repetitions
 alternate, and the table gives the median training throughput (images per second
-through ``fit``, or through PyTorch's loop) with its min-max spread, and the ratio to PyTorch with its default
-threads (one per core), taken repetition by repetition. An epoch is training then
-validation on the same fraction of the test set (as in ``benchmark_convnet.py``); the
-images counted are the training images. PyTorch with one thread is
+through ``fit``, or through PyTorch's loop) with its min-max spread, and the ratio to
+PyTorch with its default threads (one per core), taken repetition by repetition. An
+epoch is training then validation on the same fraction of the test set (as in
+``benchmark_convnet.py``); the images counted are the training images. PyTorch with one thread is
 shown too: on a machine shared with other work, two threads can wait on each other.
 
     python experiments/benchmark_sequences.py --data-dir DATA [--reps 3] [--steps 100]
@@ -68,7 +68,8 @@ def sequence_run(name: str, recipe: str, args: argparse.Namespace, workdir: str,
     if run["returncode"] != 0 or run["result"] is None:
         return {"status": "failed", "stderr": run["stderr_tail"]}
     result = run["result"]
-    return {"status": "ok", "steady_img_s": result["steady_img_s"], "first_img_s": result["first_img_s"],
+    return {"status": "ok", "steady_img_s": result["steady_img_s"],
+            "first_img_s": result["first_img_s"],
             "val_accuracy": result["val_accuracy"],
             "framework_version": result["framework_version"]}
 

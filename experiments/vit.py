@@ -62,8 +62,10 @@ def main(argv: list[str] | None = None) -> dict:
     model = fl.models.mnist_vit(7, args.width, args.depth, args.heads, args.mlp, args.dropout)
     print(fl.nn.summary(model, x_train.shape[1:]))
     steps = -(-len(x_train) // args.batch_size)
-    schedule = optax.warmup_cosine_decay_schedule(
-        0.0, args.lr, max(1, round(args.warmup_epochs * steps)), args.epochs * steps)
+    # optax counts the warmup inside decay_steps: the warmup ends a step before the run.
+    total = max(2, args.epochs * steps)
+    warmup = min(max(1, round(args.warmup_epochs * steps)), total - 1)
+    schedule = optax.warmup_cosine_decay_schedule(0.0, args.lr, warmup, total)
     optimizer = optax.adamw(schedule, weight_decay=args.weight_decay)
     started = time.perf_counter()
     state, history = fl.fit(

@@ -252,3 +252,28 @@ def test_the_mixed_mlp_recipe_learns_as_well_as_float32_on_the_sample():
                                          metrics=["accuracy"], policy=policy)["accuracy"]
     assert accuracies["float32"] > 0.8
     assert abs(accuracies["mixed_bfloat16"] - accuracies["float32"]) <= 0.03, accuracies
+
+
+# Sequence layers take no dtype: under a policy they widen 16-bit inputs and compute in
+# float32 (their products, scans and softmax), whatever comes before them is bfloat16.
+SEQUENCE_LAYERS = {
+    "lstm": nn.LSTM(5, return_sequences=True), "gru": nn.GRU(3, return_sequences=True),
+    "bidirectional": nn.Bidirectional(nn.SimpleRNN(3, mask_value=0.0, return_sequences=True)),
+    "multi_head_attention": nn.MultiHeadAttention(2, 2, causal=True),
+    "transformer_encoder": nn.TransformerEncoderLayer(4, 2, 8, dropout=0.0),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(SEQUENCE_LAYERS))
+def test_sequence_layers_stay_float32_under_a_policy(kind):
+    model = nn.serial(nn.Dense(4), SEQUENCE_LAYERS[kind], nn.GlobalAveragePooling1D())
+    mixed = nn.with_policy(model, "mixed_bfloat16")
+    x = np.random.default_rng(0).normal(size=(2, 6, 4)).astype(np.float32)
+    params = nn.init(model, 0, (6, 4))
+    inner = SEQUENCE_LAYERS[kind]
+    out = jax.eval_shape(lambda p: nn.apply(inner, p, x.astype(jnp.bfloat16)),
+                         nn.init(inner, 0, (6, 4)))
+    assert jax.tree.leaves(out)[0].dtype == F32
+    ours, reference = (jax.tree.leaves(nn.apply(m, params, x))[0] for m in (mixed, model))
+    assert ours.dtype == F32
+    np.testing.assert_allclose(ours, reference, atol=2e-2)

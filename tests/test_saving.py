@@ -32,6 +32,17 @@ IMAGE, VECTOR, SEQUENCE = (6, 6, 3), (4,), (10, 3)
 # One typical call of every constructor in fnlearn.nn: (arguments, keywords, input shape).
 TYPICAL = {
     "Activation": (("tanh",), {}, VECTOR),
+    "Bidirectional": ((nn.GRU(3, return_sequences=True),), {"merge_mode": "sum"}, SEQUENCE),
+    "ClassToken": ((), {}, SEQUENCE),
+    "GRU": ((4,), {"reset_after": False, "go_backwards": True}, SEQUENCE),
+    "GlobalAveragePooling1D": ((), {}, SEQUENCE),
+    "LSTM": ((4,), {"return_sequences": True, "convention": "torch"}, SEQUENCE),
+    "MultiHeadAttention": ((2, 4), {"causal": True, "output_dim": 5}, SEQUENCE),
+    "PositionEmbedding": ((12,), {"stddev": 0.1}, SEQUENCE),
+    "SimpleRNN": ((4, "relu"), {"mask_value": 0.0}, SEQUENCE),
+    "SinusoidalPositionEmbedding": ((100.0,), {}, SEQUENCE),
+    "TakeStep": ((-2,), {}, SEQUENCE),
+    "TransformerEncoderLayer": ((3, 1, 8), {"dropout": 0.0, "norm_first": True}, SEQUENCE),
     "AdaptiveAvgPool2D": ((2,), {}, IMAGE),
     "AvgPool2D": ((2,), {"padding": "same"}, IMAGE),
     "BatchNorm": ((0.9,), {"convention": "torch", "name": "bn"}, IMAGE),

@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 
 from fnlearn.nn.core import Layer, constructor
+from fnlearn.nn.precision import widened
 
 _KEYS = ("query", "value", "key", "attention_mask", "key_padding_mask", "attn_mask")
 _LARGE_NEGATIVE = -1e9
@@ -267,7 +268,9 @@ def MultiHeadAttention(num_heads: int, key_dim: int, value_dim: int | None = Non
 
     def apply_fn(params, x, *, key=None, train=False):
         query, value, key_, masks = split_inputs(x)
-        out, weights = attend(params, jnp.asarray(query), jnp.asarray(value), jnp.asarray(key_),
+        # No dtype of its own: 16-bit inputs (under a policy) attend in float32.
+        query, value, key_ = (widened(jnp.asarray(a)) for a in (query, value, key_))
+        out, weights = attend(params, query, value, key_,
                               masks, heads=num_heads, causal=causal, dropout=dropout,
                               dropout_key=key, train=train)
         return (out, weights) if return_attention_scores else out

@@ -29,6 +29,7 @@ import jax.numpy as jnp
 from fnlearn.nn import rnn_cells
 from fnlearn.nn.activations import ACTIVATIONS
 from fnlearn.nn.core import Layer, constructor
+from fnlearn.nn.precision import widened
 
 _NAMES = {"simple_rnn": "SimpleRNN", "lstm": "LSTM", "gru": "GRU"}
 _KEYS = ("inputs", "mask", "lengths", "initial_state")
@@ -137,6 +138,9 @@ def _recurrent(kind: str, config: dict) -> Layer:
 
     def apply_fn(params, x, *, key=None, train=False):
         x, mask, initial = _unpack(x, name, n_states, c["time_major"])
+        # No dtype of its own: 16-bit inputs (under a policy) recur in float32.
+        x = widened(x)
+        initial = None if initial is None else tuple(widened(s) for s in initial)
         if x.shape[-1] != params["kernel"].shape[0]:
             raise ValueError(f"{name} was built for {params['kernel'].shape[0]} features, got "
                              f"inputs of shape {tuple(x.shape)} (batch, time, features): give "

@@ -26,6 +26,7 @@ from fnlearn.nn.attention import MultiHeadAttention, attend
 from fnlearn.nn.core import Layer, constructor
 from fnlearn.nn.dense import Dense, Dropout
 from fnlearn.nn.norm import LayerNorm
+from fnlearn.nn.precision import widened
 
 _KEYS = ("inputs", "key_padding_mask", "attn_mask", "attention_mask")
 
@@ -89,7 +90,7 @@ def TransformerEncoderLayer(d_model: int, nhead: int, dim_feedforward: int = 204
                                  f"('inputs' required), got keys {sorted(x)}")
             masks = {k: x[k] for k in _KEYS[1:] if x.get(k) is not None}
             x = x["inputs"]
-        x = jnp.asarray(x)
+        x = widened(jnp.asarray(x))  # no dtype of its own: float32 under a policy
         if x.ndim != 3 or x.shape[-1] != d_model:
             raise ValueError(f"TransformerEncoderLayer inputs must be (batch, length, {d_model})"
                              f", got shape {tuple(x.shape)}")

@@ -86,8 +86,8 @@ def read_item(reader, node, where: str) -> None:
         return
     step = step_index(index) if len(shape) == 3 else None
     if step is None:
-        raise ValueError(f"unsupported indexing {index!r} at {where}: x[:, i] (one step of a "
-                         "sequence) is supported")
+        raise ValueError(f"{where} indexes a tensor with {index!r}: slicing is not supported "
+                         "(x[:, i], one step of a sequence, is)")
     reader.call(nn.TakeStep(step), value, node)
 
 

@@ -222,12 +222,13 @@ def test_import_refuses_unsupported_operations(torch, keras):
     padded = parity.from_torch(nn_.Sequential(nn_.ZeroPad2d(1), nn_.ReLU(), nn_.Conv2d(1, 2, 3)),
                                (1, 6, 6))
     assert padded.model.children[0].kind == "zero_padding2d" and padded.report.passed
-    with pytest.raises(ValueError, match=r"unsupported operation LSTM at node"):
-        parity.from_torch(nn_.Sequential(nn_.LSTM(4, 4)), (3, 4))
-    lstm = keras.Sequential([keras.Input((3, 4)), keras.layers.LSTM(4)])
-    with pytest.raises(ValueError, match=r"unsupported layer LSTM at layer 'lstm.*' \(LSTM\); "
+    # nn.LSTM and keras.layers.LSTM import (sequence_import); a bare cell does not.
+    with pytest.raises(ValueError, match=r"unsupported operation LSTMCell at node"):
+        parity.from_torch(nn_.Sequential(nn_.LSTMCell(4, 4)), (4,))
+    cell = keras.Sequential([keras.Input((3, 4)), keras.layers.RNN(keras.layers.LSTMCell(4))])
+    with pytest.raises(ValueError, match=r"unsupported layer RNN at layer 'rnn.*' \(RNN\); "
                                          r"supported: .*Conv2D.*Dense"):
-        parity.from_keras(lstm)
+        parity.from_keras(cell)
 
 
 def corrupting(entry, which: str):

@@ -2,8 +2,8 @@
 
 PyTorch: the examples' ``mnist_rnn`` ``Net`` (an LSTM's output tuple, its last step, and
 ``Dropout2d`` on features), an ``nn.TransformerEncoder`` classifier, and a two-layer
-bidirectional LSTM. Keras: a functional model of hand-written Transformer encoder blocks (imported as a graph),
-and a masked bidirectional LSTM.
+bidirectional LSTM. Keras: a functional model of hand-written Transformer encoder blocks
+(a graph import), and a masked bidirectional LSTM.
 """
 
 import numpy as np
