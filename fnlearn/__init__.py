@@ -23,7 +23,7 @@ Heavy libraries (Orbax, TensorFlow, PyTorch, matplotlib, tensorflow-datasets) ar
 imported only by the functions that use them.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.3.0"
 
 from fnlearn import (  # noqa: E402 - the version is readable even if an import fails
     architecture,

@@ -144,3 +144,12 @@ def test_a_custom_loop_needs_no_driver_module():
                  if target in modules]
     assert "fnlearn.objectives" in reached and "fnlearn.nn.core" in reached
     assert not [m for m in reached if m.startswith(("fnlearn.loop", "fnlearn.train"))]
+
+
+def test_the_package_version_is_the_project_version():
+    import tomllib
+
+    import fnlearn
+
+    project = tomllib.loads((PACKAGE.parent / "pyproject.toml").read_text())["project"]
+    assert fnlearn.__version__ == project["version"] == "0.3.0"
