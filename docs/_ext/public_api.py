@@ -47,10 +47,12 @@ def kind_of(obj: object) -> str:
     """The reference's kind of a public object: module, exception, class, function or data."""
     if isinstance(obj, types.ModuleType):
         return "module"
-    if isinstance(obj, types.GenericAlias) or type(obj).__module__ == "typing":
+    if isinstance(obj, types.GenericAlias):
         return "data"  # a type alias: documented by its #: comment, as a constant
-    if inspect.isclass(obj):
+    if inspect.isclass(obj):  # a typing.Protocol too
         return "exception" if issubclass(obj, BaseException) else "class"
+    if type(obj).__module__ == "typing":
+        return "data"  # a typing construct (a Union alias): as a constant
     if callable(obj) and hasattr(obj, "__name__") and hasattr(obj, "__module__"):
         return "function"
     return "data"

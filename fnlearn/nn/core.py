@@ -47,6 +47,7 @@ from fnlearn.nn import node as node_lib
 Params = dict[str, Any]
 #: A model's non-trainable state (BatchNorm statistics), keyed like ``Params``.
 ModelState = dict[str, Any]
+#: A per-example shape, without the batch axis: ``(28, 28)``, ``(784,)``.
 Shape = tuple[int, ...]
 
 

@@ -33,7 +33,9 @@ class Part(NamedTuple):
 
 TorchBuilder = Callable[[Op], "Layer | list[Part] | None"]
 KerasBuilder = Callable[[Any, Op], Layer | None]
+#: What ``from_torch`` builds for each PyTorch operation kind (``register_torch_import`` adds).
 TORCH_BUILDERS: dict[str, TorchBuilder] = {}
+#: What ``from_keras`` builds for each Keras layer class (``register_keras_import`` adds).
 KERAS_BUILDERS: dict[str, KerasBuilder] = {}
 #: Keras layer classes called with several positional tensors (``mha(query, value)``): their
 #: fnlearn layer takes them as one tuple (one, when they are all the same tensor).
