@@ -2,12 +2,16 @@
 
 Modules, one concept each:
 
-- ``nn``: layers as ``(init, apply)`` pairs, ``serial``, ``summary``, Flax interop.
+- ``nn``: layers as ``(init, apply)`` pairs, ``serial``, graph models (``Input``, ``Model``),
+  recurrent and attention layers, precision policies, ``summary``, Flax interop.
 - ``models``: the reference programs' models. ``losses``: losses (and metric names);
   ``metrics``: the ``Metric`` protocol, streaming precision, recall and AUC.
 - ``optim``: Optax presets matching Keras and PyTorch.
-- ``state``: ``TrainState``, ``History``. ``step``: the pure ``train_step`` and ``train_epoch``.
-- ``train`` (``fit``, ``evaluate``, ``predict``): thin host drivers over ``step``.
+- ``state``: ``TrainState``, ``History``. ``step``: the pure ``train_step`` and ``train_epoch``,
+  ``init_state``, ``apply_gradients``. ``objectives``: the built-in step's losses and metrics,
+  or your own step (``Custom``).
+- ``loop``: the one epoch loop behind ``fit``, its compiled programs and the ``Callback``
+  protocol. ``train`` (``fit``, ``evaluate``, ``predict``): the drivers over it.
 - ``data``: MNIST and Fashion-MNIST from IDX files, tensorflow-datasets, a verified
   download or the shipped sample.
 - ``graph``, ``tensors``, ``autodiff``: the traced graph, arrays and devices, gradient checks.
@@ -17,7 +21,8 @@ Modules, one concept each:
 - ``logging``: ``TensorBoard`` and ``CSVLogger`` callbacks.
 - ``parity``: weights to and from PyTorch and Keras, and tolerance-aware comparisons.
 - ``sources``: datasets larger than memory (random-access sources, grain) that ``fit`` streams.
-- ``distributed``: data-parallel meshes and multi-host set-up. ``plots``: pictures of a run.
+- ``distributed``: meshes and multi-host set-up. ``sharding``: FSDP and tensor-parallel
+  parameter sharding. ``plots``: pictures of a run. ``serve``: TensorFlow Serving's APIs.
 
 Heavy libraries (Orbax, TensorFlow, PyTorch, matplotlib, tensorflow-datasets) are
 imported only by the functions that use them.
