@@ -77,6 +77,28 @@ def no_public_downloads(monkeypatch, tmp_path_factory):
     monkeypatch.setenv(download.CACHE_ENV, str(tmp_path_factory.mktemp("fnlearn-cache")))
 
 
+# The ``user_properties`` key of the parity checks' measured errors (``record`` in
+# tests/parity/conftest.py).
+MEASURED_PROPERTY = "parity_measured"
+
+
+def pytest_runtest_logreport(report):
+    """Keep the measured errors a test noted (in this process or a worker) for the summary."""
+    if report.when == "call":
+        _MEASURED.extend(value for key, value in report.user_properties
+                         if key == MEASURED_PROPERTY)
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _MEASURED:
+        terminalreporter.section("parity: measured worst errors")
+        for line in _MEASURED:
+            terminalreporter.write_line(line)
+
+
+_MEASURED: list[str] = []
+
+
 def pytest_configure(config):
     """Compiled programs go to a folder of this run, not the user's ``~/.cache/fnlearn/jax``.
 

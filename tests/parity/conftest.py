@@ -14,13 +14,13 @@ import os
 
 import pytest
 
+# tests/conftest.py prints what ``record`` notes under this key.
+MEASURED_PROPERTY = "parity_measured"
+
 # Before TensorFlow is imported anywhere: its C++ logging is otherwise a page per run, and
 # Keras must run on TensorFlow here (GradientTape, TF kernels), whatever the user's default.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ["KERAS_BACKEND"] = "tensorflow"
-
-_MEASURED: list[tuple[str, str]] = []
-
 
 @pytest.fixture(scope="session")
 def torch(need):
@@ -49,19 +49,18 @@ def keras(tf, need):
 
 @pytest.fixture
 def record(request):
-    """``record(what, value)``: notes a measured number for the end-of-run summary."""
+    """``record(what, value)``: notes a measured number for the end-of-run summary.
+
+    The note travels with the test's report (``user_properties``), so the summary that
+    ``tests/conftest.py`` prints lists it whether the test ran in this process or in a
+    pytest-xdist worker.
+    """
 
     def note(what: str, value) -> None:
-        _MEASURED.append((f"{request.node.name}: {what}", str(value)))
+        request.node.user_properties.append(
+            (MEASURED_PROPERTY, f"{request.node.name}: {what}: {value}"))
 
     return note
-
-
-def pytest_terminal_summary(terminalreporter):
-    if _MEASURED:
-        terminalreporter.section("parity: measured worst errors")
-        for what, value in _MEASURED:
-            terminalreporter.write_line(f"{what}: {value}")
 
 
 @pytest.fixture(scope="session")
