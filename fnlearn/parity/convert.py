@@ -56,8 +56,13 @@ def walk(model: Layer, input_shape: Sequence[int]) -> list[Step]:
             return params, state
 
         jax.eval_shape(run, key)
-        shape = tuple(int(d) for d in out["shape"])
+        shape = _concrete(out["shape"])
     return steps
+
+
+def _concrete(shape):
+    """A shape (or a tuple of shapes: a layer returning its states too) as Python ints."""
+    return tuple(_concrete(d) if isinstance(d, tuple) else int(d) for d in shape)
 
 
 def to_torch_module(model: Layer, input_shape: Sequence[int], params: Params | None = None,

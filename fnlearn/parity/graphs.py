@@ -172,6 +172,9 @@ def torch_ops(module) -> list[Op]:
     if isinstance(module, dict):
         return state_dict_ops(module)
     torch = import_torch()
+    if type(module).__name__ in TORCH_MODULES:
+        # One known module on its own (an LSTM): torch.fx would trace into its forward.
+        module = torch.nn.Sequential(module)
 
     class Tracer(torch.fx.Tracer):
         def is_leaf_module(self, m, qualified_name):
