@@ -27,9 +27,9 @@ def run_without_them(tmp_path: Path, flags: bool) -> subprocess.CompletedProcess
     env.update(PYTHONPATH=os.pathsep.join([str(tmp_path / "hide"), str(ROOT)]),
                FNLEARN_DATA_DIR=str(tmp_path / "empty"), PATH=str(tmp_path / "empty"),
                JAX_PLATFORMS="cpu", **({flag: "1" for flag in FLAGS} if flags else {}))
-    return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                           *NEEDY], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=300)
+    return subprocess.run([sys.executable, "-m", "pytest", "-q", "-n", "0", "-p",
+                           "no:cacheprovider", *NEEDY], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=300)
 
 
 def test_without_the_flags_they_skip(tmp_path):
