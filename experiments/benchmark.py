@@ -9,9 +9,11 @@ timed against a PyTorch re-implementation of the reference program.
     python experiments/benchmark.py --data-dir DATA [--reps 3] [--out out/benchmark] [--quick]
     python experiments/benchmark.py --convnet --data-dir DATA [--reps 3] [--steps 200]
     python experiments/benchmark.py --sequences --data-dir DATA [--reps 3] [--steps 100]
+    python experiments/benchmark.py --generative --data-dir DATA [--reps 3] [--epochs 3]
 
 ``--convnet`` runs the convnet recipes instead (``benchmark_convnet.py``), ``--sequences``
-the LSTM and ViT recipes (``benchmark_sequences.py``).
+the LSTM and ViT recipes (``benchmark_sequences.py``), ``--generative`` the DCGAN against
+TensorFlow's tutorial (``benchmark_generative.py``).
 """
 
 import argparse
@@ -577,6 +579,10 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         from benchmark_sequences import main as sequences_main
 
         return sequences_main([a for a in argv if a != "--sequences"])
+    if "--generative" in argv:
+        from benchmark_generative import main as generative_main
+
+        return generative_main([a for a in argv if a != "--generative"])
     args = parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -155,3 +155,42 @@ def test_sequence_benchmark_quick_run_on_the_sample(tmp_path):
     text = (tmp_path / "benchmark_sequences.md").read_text()
     assert "| rnn | fnlearn |" in text and "cores" in text
     assert json.loads((tmp_path / "benchmark_sequences.json").read_text())["rnn"]["fnlearn"]
+
+
+def test_generative_table_gives_seconds_per_full_epoch_and_paired_ratios():
+    import benchmark_generative
+
+    def ok(steady, first):
+        return {"status": "ok", "steady_img_s": steady, "first_epoch_s": first}
+
+    runs = {"fnlearn": [ok(200.0, 30.0), ok(300.0, 40.0), ok(400.0, 50.0)],
+            "TensorFlow": [ok(100.0, 20.0), ok(300.0, 20.0), ok(100.0, 20.0)]}
+    text = benchmark_generative.table(runs)
+    # 60,000 / 300 img/s = 200 s; pair by pair 2, 1, 4 -> median 2.00.
+    assert "| fnlearn | 300 (200-400) | 200 | 40.0 (30.0-50.0) | 2.00 |" in text
+    assert "| TensorFlow | 100 (100-300) | 600 | 20.0 (20.0-20.0) | 1.00 |" in text
+    missing = benchmark_generative.table({"fnlearn": [{"status": "missing"}],
+                                          "TensorFlow": [ok(100.0, 20.0)]})
+    assert "| fnlearn | missing |" in missing
+
+
+def test_generative_run_rates_the_epochs_after_the_first(tmp_path, monkeypatch):
+    import benchmark_generative
+
+    seen = {}
+
+    def fake_process(command, env, cwd, timeout_s):
+        seen["command"] = command
+        return {"missing": None, "returncode": 0, "stderr_tail": "",
+                "result": {"epoch_seconds": [30.0, 4.0, 6.0], "framework_version": "x"}}
+
+    monkeypatch.setattr(benchmark_generative, "run_process", fake_process)
+    args = benchmark_generative.parse_args(["--train-size", "1024", "--data-dir",
+                                            str(tmp_path)])
+    run = benchmark_generative.dcgan_run("fnlearn", args, str(tmp_path), str(tmp_path))
+    # Two later epochs of 1,024 images in 10 s; the first (compiling) is left out.
+    assert run["steady_img_s"] == pytest.approx(204.8) and run["first_epoch_s"] == 30.0
+    assert seen["command"][1].endswith("fnlearn_dcgan.py")
+    assert seen["command"][seen["command"].index("--train-size") + 1] == "1024"
+    with pytest.raises(SystemExit):
+        benchmark_generative.parse_args(["--epochs", "1"])
