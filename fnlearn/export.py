@@ -44,13 +44,20 @@ class ExportError(ValueError):
 def _inference_function(model: Layer, params, model_state=None, dtype=None,
                         float_inputs: bool = False) -> Callable:
     params, model_state = jax.tree.map(np.asarray, (params, model_state or {}))
+
+    def outputs(x):
+        # Behind the barrier the weights are not constants to XLA's simplifier, which would
+        # otherwise rewrite some products of them (a Dense after a Concatenate becomes two
+        # products and a sum) and round differently from fnlearn.predict.
+        weights, statistics = jax.lax.optimization_barrier((params, model_state))
+        return apply(model, weights, x, state=statistics)[0]
+
     if not float_inputs:
-        return lambda x: apply(model, params, x, state=model_state)[0]
+        return outputs
     top = np.iinfo(dtype).max
     # Back to the exact integers the model was trained on (k / 255 * 255 can land an ulp
     # off k), so the answers are those of the integer export bit for bit.
-    return lambda x: apply(model, params, jnp.round(x * top).astype(dtype),
-                           state=model_state)[0]
+    return lambda x: outputs(jnp.round(x * top).astype(dtype))
 
 
 def _check_model_and_state(model: Layer, params, model_state, input_shape) -> None:
