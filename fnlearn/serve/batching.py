@@ -1,6 +1,8 @@
 """Dynamic batching: concurrent requests merged into one call of a fixed-size compiled function.
 
-Each request is a NumPy batch of rows. ``DynamicBatcher.submit`` queues it and
+Each request is a NumPy batch of rows, or a tuple of them with the same number of
+rows (one per named input of a model taking several; the outputs are then a tuple
+too, each cut back per request alike). ``DynamicBatcher.submit`` queues it and
 waits; one worker takes queued requests together and runs them as one call,
 handing each request exactly its own rows back. A batch is closed when it holds
 ``max_batch_size`` rows, when the first of its requests has waited ``timeout_s``,
@@ -86,43 +88,74 @@ class OverloadedError(RuntimeError):
     """A request cannot be taken now: ``BatchPolicy.max_queued`` are waiting, or shutdown began."""
 
 
+Rows = np.ndarray | tuple[np.ndarray, ...]
+
+
+def row_count(x: Rows) -> int:
+    """The rows of a batch (of its first array, for a tuple)."""
+    return len(x[0]) if isinstance(x, tuple) else len(x)
+
+
+def _each(fn: Callable[[np.ndarray], np.ndarray], x: Rows) -> Rows:
+    return tuple(fn(a) for a in x) if isinstance(x, tuple) else fn(x)
+
+
+def _rows_between(x: Rows, start: int, stop: int) -> Rows:
+    return _each(lambda a: np.asarray(a)[start:stop], x)
+
+
+def _padded(x: Rows, size: int) -> Rows:
+    # Padding repeats a real row: zeros could be out of a model's range and cost nothing less.
+    return _each(lambda a: np.concatenate([a, np.repeat(a[-1:], size - len(a), axis=0)]), x)
+
+
+def concatenate_rows(batches: Sequence[Rows]) -> Rows:
+    """The rows of ``batches`` one after the other (array by array, for tuples)."""
+    if len(batches) == 1:
+        return batches[0]
+    if isinstance(batches[0], tuple):
+        return tuple(np.concatenate(arrays) for arrays in zip(*batches))
+    return np.concatenate(batches)
+
+
 def padded_size(rows: int, batch_sizes: Sequence[int]) -> int:
     """The smallest of ``batch_sizes`` that holds ``rows`` rows (the largest if none does)."""
     return next((size for size in batch_sizes if size >= rows), batch_sizes[-1])
 
 
-def run_padded(fn: Callable[[np.ndarray], np.ndarray], x: np.ndarray,
-               batch_sizes: Sequence[int]) -> np.ndarray:
+def run_padded(fn: Callable[[Rows], Rows], x: Rows, batch_sizes: Sequence[int]) -> Rows:
     """``fn(x)`` computed in chunks padded to ``batch_sizes``, so ``fn`` sees only those shapes.
 
     Args:
-      fn: the batched function (rows in, rows out).
+      fn: the batched function (rows in, rows out; tuples of arrays in and out for a
+        model with several inputs and outputs).
       x: the rows, any number of them (at least one).
       batch_sizes: the allowed call sizes, ascending; chunks are at most the largest.
 
     Returns:
       ``fn``'s outputs for exactly the rows of ``x``.
     """
-    outputs = []
-    for start in range(0, len(x), batch_sizes[-1]):
-        chunk = x[start:start + batch_sizes[-1]]
-        size = padded_size(len(chunk), batch_sizes)
-        # Padding repeats a real row: zeros could be out of a model's range and cost nothing less.
-        padded = np.concatenate([chunk, np.repeat(chunk[-1:], size - len(chunk), axis=0)])
-        outputs.append(np.asarray(fn(padded))[:len(chunk)])
-    return outputs[0] if len(outputs) == 1 else np.concatenate(outputs)
+    outputs, largest = [], batch_sizes[-1]
+    for start in range(0, row_count(x), largest):
+        chunk = _rows_between(x, start, start + largest)
+        rows = row_count(chunk)
+        outputs.append(_rows_between(fn(_padded(chunk, padded_size(rows, batch_sizes))), 0,
+                                     rows))
+    return concatenate_rows(outputs)
 
 
-def split_rows(outputs: np.ndarray, counts: Sequence[int]) -> list[np.ndarray]:
+def split_rows(outputs: Rows, counts: Sequence[int]) -> list[Rows]:
     """Cuts merged ``outputs`` back into consecutive pieces of ``counts`` rows each."""
-    if sum(counts) != len(outputs):
-        raise ValueError(f"{len(outputs)} output rows cannot be split into {list(counts)}")
+    if sum(counts) != row_count(outputs):
+        raise ValueError(f"{row_count(outputs)} output rows cannot be split into {list(counts)}")
+    if isinstance(outputs, tuple):
+        return list(zip(*(split_rows(a, counts) for a in outputs)))
     return np.split(outputs, np.cumsum(counts)[:-1])
 
 
 @dataclass
 class _Request:
-    rows: np.ndarray
+    rows: Rows
     future: asyncio.Future
 
 
@@ -135,7 +168,7 @@ class DynamicBatcher:
     ``on_queue(n)`` the number of requests waiting whenever it changes (for metrics).
     """
 
-    def __init__(self, fn: Callable[[np.ndarray], np.ndarray], policy: BatchPolicy, *,
+    def __init__(self, fn: Callable[[Rows], Rows], policy: BatchPolicy, *,
                  on_call: Callable[[int], None] | None = None,
                  on_queue: Callable[[int], None] | None = None):
         self.fn, self.policy = fn, policy
@@ -158,7 +191,7 @@ class DynamicBatcher:
     async def __aexit__(self, *exc_info) -> None:
         await self.close()
 
-    def _call(self, x: np.ndarray) -> np.ndarray:
+    def _call(self, x: Rows) -> Rows:
         return run_padded(self.fn, x, self.policy.batch_sizes)
 
     def _count_calls(self, rows: int) -> None:
@@ -177,8 +210,9 @@ class DynamicBatcher:
         """True once ``close`` began: ``submit`` refuses new requests."""
         return self._closing
 
-    async def submit(self, rows: np.ndarray) -> np.ndarray:
-        """Outputs for ``rows`` (a batch of at least one row), computed with others' rows.
+    async def submit(self, rows: Rows) -> Rows:
+        """Outputs for ``rows`` (a batch of at least one row, or a tuple of such batches of
+        the same rows, one per input), computed with others' rows.
 
         Raises:
           OverloadedError: too many requests are waiting already, or the batcher is closing.
@@ -190,7 +224,7 @@ class DynamicBatcher:
             raise OverloadedError(f"{waiting} requests are waiting; try again later")
         loop = asyncio.get_running_loop()
         if not self.policy.enabled:
-            self._count_calls(len(rows))
+            self._count_calls(row_count(rows))
             future = loop.run_in_executor(self._executor, self._call, rows)
             self._in_flight.add(future)
             future.add_done_callback(self._done)
@@ -223,7 +257,7 @@ class DynamicBatcher:
     def _worth_waiting(self) -> bool:
         live = [r for r in self._pending if not r.future.done()]
         return (len(live) < self._incoming and not self._closing
-                and sum(len(r.rows) for r in live) < self.policy.max_batch_size)
+                and sum(row_count(r.rows) for r in live) < self.policy.max_batch_size)
 
     async def _next_batch(self) -> list[_Request]:
         while not self._pending:
@@ -248,10 +282,10 @@ class DynamicBatcher:
             if request.future.done():  # timed out or cancelled while waiting: skip it
                 self._pending.popleft()
                 continue
-            if batch and rows + len(request.rows) > self.policy.max_batch_size:
+            if batch and rows + row_count(request.rows) > self.policy.max_batch_size:
                 break
             batch.append(self._pending.popleft())
-            rows += len(request.rows)
+            rows += row_count(request.rows)
         self._queue_changed()
         return batch
 
@@ -261,9 +295,9 @@ class DynamicBatcher:
             batch = await self._next_batch()
             if not batch:
                 continue
-            counts = [len(r.rows) for r in batch]
-            merged = batch[0].rows if len(batch) == 1 else np.concatenate([r.rows for r in batch])
-            self._count_calls(len(merged))
+            counts = [row_count(r.rows) for r in batch]
+            merged = concatenate_rows([r.rows for r in batch])
+            self._count_calls(sum(counts))
             try:
                 outputs = await loop.run_in_executor(self._executor, self._call, merged)
                 pieces = split_rows(outputs, counts)

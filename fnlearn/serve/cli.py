@@ -12,7 +12,9 @@ File mode (a model and an input file; the word ``predict`` is optional)::
     python -m fnlearn.serve [predict] MODEL INPUT.npy [--out OUTPUTS.npy]
 
 File mode prints the predicted class (argmax) of each example, and with ``--out``
-saves the full outputs. Neither mode needs the model's code.
+saves the full outputs. A model with named inputs takes an ``.npz`` file holding one
+array per input name, and one with named outputs saves them to an ``.npz`` by name.
+Neither mode needs the model's code.
 """
 
 from __future__ import annotations
@@ -33,8 +35,9 @@ def predict_file(model: str, inputs: str, out: str | None = None) -> int:
 
     Args:
       model: a file written by ``fnlearn.export.export_model``.
-      inputs: a ``.npy`` file with a batch of inputs (pickled arrays are refused).
-      out: save the model outputs to this ``.npy`` file.
+      inputs: a ``.npy`` file with a batch of inputs (pickled arrays are refused), or an
+        ``.npz`` file with one per input name for a model with several.
+      out: save the model outputs to this ``.npy`` file (``.npz``, by name, for several).
     """
     from fnlearn.export import load_exported
 
@@ -43,18 +46,32 @@ def predict_file(model: str, inputs: str, out: str | None = None) -> int:
         try:
             # Pickled (object) arrays would run code on load: refused.
             x = np.load(inputs, allow_pickle=False)
+            if isinstance(x, np.lib.npyio.NpzFile):
+                with x:
+                    x = {name: x[name] for name in x.files}
         except (OSError, ValueError) as error:
             raise ValueError(f"cannot read inputs from {inputs}: {error}") from error
+        signature = predict.signature
+        if isinstance(x, dict) and signature.input_structure == "tuple":
+            x = tuple(x.get(name) for name in signature.input_names)
+            if any(value is None for value in x):
+                raise ValueError(f"{inputs} must hold the inputs {list(signature.input_names)}")
         outputs = predict(x)
     except (OSError, ValueError, TypeError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    if out:
+    named = (dict(zip(signature.output_names, outputs)) if isinstance(outputs, tuple)
+             else outputs if isinstance(outputs, dict) else {"": outputs})
+    if out and "" in named:
         np.save(out, outputs)
-    if outputs.ndim == 2 and outputs.shape[1] > 1:
-        print("argmax:", " ".join(map(str, np.argmax(outputs, axis=1))))
-    else:
-        print("outputs:", np.array2string(outputs, threshold=50))
+    elif out:
+        np.savez(out, **named)
+    for name, value in named.items():
+        label = f"{name} " if name else ""
+        if value.ndim == 2 and value.shape[1] > 1:
+            print(f"{label}argmax:", " ".join(map(str, np.argmax(value, axis=1))))
+        else:
+            print(f"{label}outputs:", np.array2string(value, threshold=50))
     return 0
 
 
@@ -77,7 +94,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("paths", nargs="*", metavar="MODEL [INPUT.npy]",
                         help="an export file or base path; with an input file, predict it")
     file_mode = parser.add_argument_group("file mode")
-    file_mode.add_argument("--out", help="save the model outputs to this .npy file")
+    file_mode.add_argument("--out", help="save the model outputs to this .npy file (.npz for "
+                                                "named outputs)")
     models = parser.add_argument_group("models (TensorFlow Serving's flags)")
     models.add_argument("--model_base_path", help="folder of numbered version folders")
     models.add_argument("--model_name", "--name", dest="name",

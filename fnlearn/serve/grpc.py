@@ -10,6 +10,10 @@ share one model call). A client written from TF Serving's gRPC example works unc
     request.inputs["inputs"].CopyFrom(tf.make_tensor_proto(images))
     outputs = tf.make_ndarray(stub.Predict(request, 10.0).outputs["outputs"])
 
+A model with several named inputs takes one ``TensorProto`` per name in ``inputs`` (all
+with the same batch size) and answers each named output in ``outputs`` (only those in
+``output_filter``, if it names any).
+
 Tensors come as ``tensor_content`` bytes or typed value fields and must have the
 model's dtype exactly; outputs go back in the typed field (``float_val``...), as TF
 Serving sends them. Mistakes get TF Serving's codes: ``INVALID_ARGUMENT`` (bad tensor,
@@ -41,14 +45,13 @@ from fnlearn.serve import versions
 from fnlearn.serve.batching import OverloadedError
 from fnlearn.serve.metrics import Metrics
 from fnlearn.serve.protocol import (
-    INPUT_NAME,
-    OUTPUT_NAME,
     SIGNATURE_NAME,
     TF_DTYPES,
     RequestError,
     check_range,
     check_signature,
 )
+from fnlearn.signature import TensorInfo, batch_problem
 
 logger = logging.getLogger("fnlearn.serve")
 
@@ -122,6 +125,25 @@ def array_to_tensor(x: np.ndarray) -> tensor_pb2.TensorProto:
     return proto
 
 
+def _checked(x: np.ndarray, info: TensorInfo) -> np.ndarray:
+    """``x`` if it is a batch of ``info``'s examples, of its exact dtype, with no NaN or inf.
+
+    Raises:
+      RequestError: (400) naming the input.
+    """
+    if x.dtype != info.dtype:
+        raise RequestError(400, f"input {info.name!r} has dtype {x.dtype}; the model takes "
+                                f"{info.dtype}")
+    if x.ndim < 1 or x.shape[1:] != info.shape or not len(x):
+        raise RequestError(400, f"input {info.name!r} has shape {x.shape}; the model takes "
+                                f"(batch, {', '.join(map(str, info.shape))}) with batch >= 1")
+    if x.dtype.kind == "f" and not np.isfinite(x).all():
+        index = tuple(int(i) for i in np.argwhere(~np.isfinite(x))[0])
+        raise RequestError(400, f"input {info.name!r} contains NaN or infinity (first at "
+                                f"index {index})")
+    return x
+
+
 def _target(spec) -> tuple[str, str | None, str | None]:
     choice = spec.WhichOneof("version_choice")
     version = str(spec.version.value) if choice == "version" else None
@@ -147,24 +169,32 @@ class _Servicer(prediction_service_pb2_grpc.PredictionServiceServicer,
             future.cancel()
             raise RequestError(504, f"no prediction within {timeout:.3g} s") from None
 
-    async def _predict(self, target, x: np.ndarray) -> tuple[np.ndarray, int]:
+    async def _predict(self, target, given: dict[str, np.ndarray],
+                       output_filter: list[str]) -> tuple[dict[str, np.ndarray], int]:
         servable = versions.resolve(self.table, *target)
         while True:
-            if x.dtype != servable.in_dtype:
-                raise RequestError(400, f"input {INPUT_NAME!r} has dtype {x.dtype}; the model "
-                                        f"takes {servable.in_dtype}")
-            if x.ndim < 1 or x.shape[1:] != servable.example_shape or not len(x):
-                raise RequestError(400, f"input {INPUT_NAME!r} has shape {x.shape}; the model "
-                                        f"takes (batch, "
-                                        f"{', '.join(map(str, servable.example_shape))}) with "
-                                        f"batch >= 1")
-            if x.dtype.kind == "f" and not np.isfinite(x).all():
-                index = tuple(int(i) for i in np.argwhere(~np.isfinite(x))[0])
-                raise RequestError(400, f"input {INPUT_NAME!r} contains NaN or infinity (first "
-                                        f"at index {index})")
-            check_range(x, f"input {INPUT_NAME!r}", servable.input_range)
+            signature = servable.signature
+            names = list(signature.input_names)
+            unknown = sorted(set(given) - set(names))
+            missing = [name for name in names if name not in given]
+            if unknown or missing:  # TF Serving's words for an unknown name
+                problem = (f"input tensor alias not found in signature: {unknown}" if unknown
+                           else f"missing input {missing}")
+                raise RequestError(400, f"{problem}; the inputs expected are {names}")
+            if set(output_filter) - set(signature.output_names):
+                raise RequestError(400, f"output tensor alias not found in signature: "
+                                        f"{sorted(output_filter)}; the outputs are "
+                                        f"{list(signature.output_names)}")
+            x = tuple(_checked(given[info.name], info) for info in signature.inputs)
+            problem = batch_problem({name: len(a) for name, a in zip(names, x)})
+            if problem is not None:
+                raise RequestError(400, problem)
+            check_range(x[0], f"input {names[0]!r}", servable.input_range)
             if not servable.batcher.closing:
-                return await servable.batcher.submit(x), servable.version
+                outputs = await servable.batcher.submit(x[0] if len(x) == 1 else x)
+                outputs = outputs if isinstance(outputs, tuple) else (outputs,)
+                return {name: y for name, y in zip(signature.output_names, outputs)
+                        if not output_filter or name in output_filter}, servable.version
             servable = versions.resolve(self.table, *target)  # a newer version took over
 
     def Predict(self, request, context):  # noqa: N802 - gRPC's method name
@@ -172,22 +202,17 @@ class _Servicer(prediction_service_pb2_grpc.PredictionServiceServicer,
         model = request.model_spec.name if request.model_spec.name in self.table else ""
         try:
             check_signature(request.model_spec.signature_name)
-            if set(request.inputs) != {INPUT_NAME}:
-                raise RequestError(400, f"input tensor alias not found in signature: "
-                                        f"{sorted(request.inputs)}; the inputs expected are "
-                                        f"[{INPUT_NAME!r}]")
-            if set(request.output_filter) - {OUTPUT_NAME}:
-                raise RequestError(400, f"output tensor alias not found in signature: "
-                                        f"{sorted(request.output_filter)}; the outputs are "
-                                        f"[{OUTPUT_NAME!r}]")
-            x = tensor_to_array(request.inputs[INPUT_NAME], f"input {INPUT_NAME!r}")
+            given = {name: tensor_to_array(proto, f"input {name!r}")
+                     for name, proto in request.inputs.items()}
             target = _target(request.model_spec)
-            outputs, version = self._on_loop(self._predict(target, x), context)
+            outputs, version = self._on_loop(
+                self._predict(target, given, list(request.output_filter)), context)
             response = predict_pb2.PredictResponse()
             response.model_spec.name = target[0]
             response.model_spec.version.value = version
             response.model_spec.signature_name = SIGNATURE_NAME
-            response.outputs[OUTPUT_NAME].CopyFrom(array_to_tensor(outputs))
+            for name, y in outputs.items():
+                response.outputs[name].CopyFrom(array_to_tensor(y))
             return response
         except (RequestError, OverloadedError) as error:
             status = error.status if isinstance(error, RequestError) else 503

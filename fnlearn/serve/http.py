@@ -44,7 +44,7 @@ from fnlearn.serve.protocol import (
     RequestError,
     check_range,
     parse_path,
-    parse_predict,
+    parse_request,
     predict_answer,
     status_document,
 )
@@ -171,24 +171,26 @@ def create_app(models: list[ModelSpec] | str | Path, *, name: str | None = None,
             except TimeoutError:
                 return _error(408, f"the request body did not arrive within "
                                    f"{request_timeout_s} s")
-            parse = partial(parse_predict, body, servable.in_dtype, servable.example_shape)
+            parse = partial(parse_request, body, servable.signature.inputs)
             x, row_format = (await asyncio.to_thread(parse) if len(body) > _PARSE_IN_THREAD_BYTES
                              else parse())
             while servable.batcher.closing:  # a newer version took over while this was read
                 newer = versions.resolve(table, target.name, target.version, target.label)
-                if (newer.in_dtype, newer.example_shape) != (servable.in_dtype,
-                                                            servable.example_shape):
-                    x, row_format = parse_predict(body, newer.in_dtype, newer.example_shape)
+                if newer.signature.inputs != servable.signature.inputs:
+                    x, row_format = parse_request(body, newer.signature.inputs)
                 servable = newer
-            check_range(x, '"instances"' if row_format else '"inputs"', servable.input_range)
+            check_range(x[0], '"instances"' if row_format else '"inputs"', servable.input_range)
             try:
-                outputs = await asyncio.wait_for(servable.batcher.submit(x),
-                                                 max(deadline - loop.time(), 0.0))
+                outputs = await asyncio.wait_for(
+                    servable.batcher.submit(x[0] if len(x) == 1 else x),
+                    max(deadline - loop.time(), 0.0))
             except TimeoutError:
                 return _error(504, f"no prediction within the request timeout of "
                                    f"{request_timeout_s} s")
             except OverloadedError as error:
                 return _error(503, f"server unavailable: {error}")
+        if isinstance(outputs, tuple):  # several outputs: the answer names them
+            outputs = dict(zip(servable.signature.output_names, outputs))
         return Response(predict_answer(outputs, row_format), media_type="application/json")
 
     async def model_api(request: Request) -> Response:

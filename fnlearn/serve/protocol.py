@@ -8,6 +8,12 @@ the input, as TF Serving clients of a SavedModel exported by
 ``{"inputs": {"inputs": ...}}``. Every mistake in a request is a ``RequestError``
 carrying the HTTP status and a message saying what to send instead.
 
+A model with several named inputs (``fnlearn.signature``) takes them as TF Serving
+takes a multi-input signature's: ``{"instances": [{"image": ..., "meta": ...}, ...]}``
+or ``{"inputs": {"image": [...], "meta": [...]}}``; with several outputs the answer
+names them: ``{"predictions": [{"digit": ..., "size": ...}, ...]}`` or
+``{"outputs": {"digit": [...], "size": [...]}}``.
+
 Where TF Serving's spec leaves a choice, the choices are: ``"signature_name": ""``
 means the default signature; unknown top-level keys are ignored; integers that the
 model's float dtype cannot hold exactly (``16777217`` for float32) are refused, as TF
@@ -19,12 +25,21 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-INPUT_NAME = "inputs"
-OUTPUT_NAME = "outputs"
+from fnlearn.signature import (
+    INPUT_NAME,
+    OUTPUT_NAME,
+    ServingSignature,
+    TensorInfo,
+    batch_problem,
+    name_problem,
+)
+
+#: The one signature an exported model has, as TF Serving names its default.
 SIGNATURE_NAME = "serving_default"
 
 _PATH = re.compile(r"(?P<name>[^/:]+)(?:/versions/(?P<version>[^/:]+)|/labels/(?P<label>[^/:]+))?"
@@ -165,19 +180,19 @@ def check_range(x: np.ndarray, where: str, input_range) -> None:
                                 f"the model's input range [{input_range[0]}, {input_range[1]}]")
 
 
-def _named(value, where: str):
-    """The tensor of a ``{"inputs": tensor}`` object, or the value itself if not an object."""
+def _named(value, where: str, name: str = INPUT_NAME):
+    """The tensor of a ``{name: tensor}`` object, or the value itself if not an object."""
     if not isinstance(value, dict):
         return value
-    if set(value) != {INPUT_NAME}:
+    if set(value) != {name}:
         raise RequestError(400, f"{where} names inputs {sorted(value)}; the model has one "
-                                f"input, {INPUT_NAME!r}")
-    return value[INPUT_NAME]
+                                f"input, {name!r}")
+    return value[name]
 
 
 def parse_predict(body: bytes, dtype: np.dtype,
                   example_shape: tuple[int, ...]) -> tuple[np.ndarray, bool]:
-    """Reads a predict request body into a batch for the model.
+    """Reads a predict request body into a batch for a model with one input.
 
     Args:
       body: the raw request body (JSON).
@@ -190,6 +205,11 @@ def parse_predict(body: bytes, dtype: np.dtype,
     Raises:
       RequestError: (400) the body is not JSON, not of TF Serving's form, or does not fit.
     """
+    (x,), row_format = parse_request(body, (TensorInfo(INPUT_NAME, example_shape, dtype),))
+    return x, row_format
+
+
+def _request_object(body: bytes) -> dict:
     try:
         request = json.loads(body)
     except (ValueError, RecursionError) as error:
@@ -205,25 +225,83 @@ def parse_predict(body: bytes, dtype: np.dtype,
         raise RequestError(400, 'the request must have exactly one of "instances" (row format) '
                                 'or "inputs" (columnar format)'
                                 + (f"; other keys {unknown} are ignored" if unknown else ""))
-    if "inputs" in request:
-        return _tensor(_named(request["inputs"], '"inputs"'), '"inputs"', dtype,
-                       example_shape), False
-    instances = request["instances"]
-    if not isinstance(instances, list):
+    if "instances" in request and not isinstance(request["instances"], list):
         raise RequestError(400, '"instances" must be a list with one entry per example')
-    if instances and isinstance(instances[0], dict):
-        instances = [_named(item, f'"instances"[{i}]') for i, item in enumerate(instances)]
-    return _tensor(instances, '"instances"', dtype, example_shape), True
+    return request
 
 
-def predict_answer(outputs: np.ndarray, row_format: bool) -> bytes:
+def parse_request(body: bytes,
+                  inputs: Sequence[TensorInfo]) -> tuple[tuple[np.ndarray, ...], bool]:
+    """Reads a predict request body into one batch per named input of the model.
+
+    Args:
+      body: the raw request body (JSON).
+      inputs: the model's inputs (``ServingSignature.inputs``); each value is checked to
+        fit its input's per-example shape and dtype exactly.
+
+    Returns:
+      ``(arrays, row_format)``: one batch per input, in ``inputs``' order, and whether
+      the request used ``instances``.
+
+    Raises:
+      RequestError: (400) the body is not JSON, not of TF Serving's form, names inputs
+        the model lacks or lacks some, or does not fit (the message names the input).
+    """
+    request = _request_object(body)
+    if len(inputs) == 1:
+        (info,) = inputs
+        if "inputs" in request:
+            value = _named(request["inputs"], '"inputs"', info.name)
+            return (_tensor(value, '"inputs"', info.dtype, info.shape),), False
+        instances = request["instances"]
+        if instances and isinstance(instances[0], dict):
+            instances = [_named(item, f'"instances"[{i}]', info.name)
+                         for i, item in enumerate(instances)]
+        return (_tensor(instances, '"instances"', info.dtype, info.shape),), True
+    names = [info.name for info in inputs]
+    if "inputs" in request:
+        columns = _by_name(request["inputs"], '"inputs"', names)
+        arrays = tuple(_tensor(columns[info.name], f"input {info.name!r}", info.dtype,
+                               info.shape) for info in inputs)
+        problem = batch_problem({name: len(x) for name, x in zip(names, arrays)})
+        if problem is not None:
+            raise RequestError(400, problem)
+        return arrays, False
+    instances = request["instances"]
+    if not instances:
+        raise RequestError(400, '"instances" is empty: send at least one example')
+    rows = [_by_name(item, f'"instances"[{i}]', names) for i, item in enumerate(instances)]
+    return tuple(_tensor([row[info.name] for row in rows], f"input {info.name!r}", info.dtype,
+                         info.shape) for info in inputs), True
+
+
+def _by_name(value, where: str, names: list[str]) -> dict:
+    if not isinstance(value, dict):
+        example = ", ".join(f'"{name}": ...' for name in names)
+        raise RequestError(400, f"{where} must be an object naming the model's inputs {names}: "
+                                f"{{{example}}}")
+    problem = name_problem(list(value), names)
+    if problem is not None:
+        raise RequestError(400, f"{where}: {problem}")
+    return value
+
+
+def predict_answer(outputs: np.ndarray | dict[str, np.ndarray], row_format: bool) -> bytes:
     """The JSON answer to a predict request: ``predictions`` (row) or ``outputs`` (columnar).
 
+    ``outputs`` is the model's one output, or a dict of its named outputs: the answer
+    then names them, ``{"predictions": [{name: ...}, ...]}`` or ``{"outputs": {name: ...}}``.
     Floats are written as the shortest decimal of their double value, so parsing them
     back and casting to the output dtype restores the exact bits.
     """
-    key = "predictions" if row_format else OUTPUT_NAME
-    return json.dumps({key: outputs.tolist()}, separators=(",", ":")).encode()
+    if isinstance(outputs, dict):
+        columns = {name: y.tolist() for name, y in outputs.items()}
+        value = ([dict(zip(columns, row)) for row in zip(*columns.values())] if row_format
+                 else columns)
+    else:
+        value = outputs.tolist()
+    return json.dumps({"predictions" if row_format else OUTPUT_NAME: value},
+                      separators=(",", ":")).encode()
 
 
 def _tensor_info(shape: tuple, dtype: np.dtype, name: str) -> dict:
@@ -246,17 +324,19 @@ def status_document(rows) -> dict:
         for version, state, code, message in rows]}
 
 
-def metadata_document(name: str, version: str, input_shape: tuple, input_dtype: np.dtype,
-                      output_shape: tuple, output_dtype: np.dtype, meta: dict) -> dict:
+def metadata_document(name: str, version: str, signature: ServingSignature,
+                      meta: dict) -> dict:
     """``GET /v1/models/NAME/metadata``: the serving signature as TF Serving describes one.
 
-    Shapes have the batch axis first, ``-1`` for any size. ``fnlearn`` holds the
-    export's own ``meta.json``.
+    Every named input and output; shapes have the batch axis first, ``-1`` for any size.
+    ``fnlearn`` holds the export's own ``meta.json``.
     """
-    signature = {"inputs": {INPUT_NAME: _tensor_info(input_shape, input_dtype,
-                                                     f"{SIGNATURE_NAME}_{INPUT_NAME}:0")},
-                 "outputs": {OUTPUT_NAME: _tensor_info(output_shape, output_dtype,
-                                                       f"{OUTPUT_NAME}:0")},
+    signature = {"inputs": {info.name: _tensor_info((None, *info.shape), info.dtype,
+                                                    f"{SIGNATURE_NAME}_{info.name}:0")
+                            for info in signature.inputs},
+                 "outputs": {info.name: _tensor_info((None, *info.shape), info.dtype,
+                                                     f"{info.name}:0")
+                             for info in signature.outputs},
                  "method_name": "tensorflow/serving/predict"}
     return {"model_spec": {"name": name, "signature_name": "", "version": version},
             "metadata": {"signature_def": {"signature_def": {SIGNATURE_NAME: signature}}},

@@ -27,9 +27,10 @@ import jax
 import numpy as np
 
 from fnlearn.export import ExportError, load_exported
-from fnlearn.serve.batching import DynamicBatcher
+from fnlearn.serve.batching import DynamicBatcher, Rows
 from fnlearn.serve.config import ModelSpec
 from fnlearn.serve.protocol import RequestError, metadata_document
+from fnlearn.signature import ServingSignature, pack, unpack
 
 logger = logging.getLogger("fnlearn.serve")
 _VERSION_FOLDER = re.compile(r"[0-9]+")
@@ -41,8 +42,10 @@ class Servable:
 
     Attributes:
       name, version, path: the model's name, the version number and its file.
-      call: the compiled function (a padded batch in, outputs out).
-      in_dtype, example_shape: what one example must be.
+      call: the compiled function (a padded batch in, outputs out): an array in and out
+        for one input and one output, a tuple of arrays (in the signature's order) for
+        several.
+      signature: the named inputs and outputs, each example's shape and dtype.
       metadata: TF Serving's metadata document for this version.
       input_range: ``[low, high]`` of the input values, if the export names one.
       batcher: the version's ``DynamicBatcher`` (None until the server starts it).
@@ -51,9 +54,8 @@ class Servable:
     name: str
     version: int
     path: Path
-    call: Callable[[np.ndarray], np.ndarray]
-    in_dtype: np.dtype
-    example_shape: tuple[int, ...]
+    call: Callable[[Rows], Rows]
+    signature: ServingSignature
     metadata: dict
     input_range: list | None = None
     batcher: DynamicBatcher | None = None
@@ -67,16 +69,23 @@ def load_version(name: str, version: int, path: Path,
       FileNotFoundError, fnlearn.export.ExportError: the file is gone, truncated or corrupt.
     """
     loaded = load_exported(path)
-    exported, meta = loaded.exported, loaded.meta
-    call = jax.jit(exported.call)
-    in_aval, out_aval = exported.in_avals[0], exported.out_avals[0]
+    exported, meta, signature = loaded.exported, loaded.meta, loaded.signature
+
+    def flat(*arrays):
+        outputs = exported.call(pack(signature.input_structure, signature.input_names, arrays))
+        return unpack(signature.output_structure, signature.output_names, outputs)
+
+    compiled = jax.jit(flat)
+
+    def call(x: Rows) -> Rows:
+        outputs = [np.asarray(y) for y in compiled(*(x if isinstance(x, tuple) else (x,)))]
+        return outputs[0] if len(outputs) == 1 else tuple(outputs)
+
     for size in batch_sizes:  # compiled before any request arrives
-        np.asarray(call(np.zeros((size, *in_aval.shape[1:]), in_aval.dtype)))
-    metadata = metadata_document(name, str(version), tuple(in_aval.shape),
-                                 np.dtype(in_aval.dtype), tuple(out_aval.shape),
-                                 np.dtype(out_aval.dtype), meta)
-    return Servable(name, version, Path(path), lambda x: np.asarray(call(x)),
-                    np.dtype(in_aval.dtype), tuple(int(d) for d in in_aval.shape[1:]), metadata,
+        example = tuple(np.zeros((size, *info.shape), info.dtype) for info in signature.inputs)
+        call(example[0] if len(example) == 1 else example)
+    metadata = metadata_document(name, str(version), signature, meta)
+    return Servable(name, version, Path(path), call, signature, metadata,
                     meta.get("input_range"))
 
 
