@@ -12,14 +12,16 @@ Layers with parameters take Flax's two arguments:
 None; an explicit ``dtype`` stays, so ``Dense(10, dtype="float32")`` keeps a layer in
 float32 under ``mixed_bfloat16``.
 
-What stays float32 whatever the layer's ``dtype``: sums of products (``product``
-here, ``cpu_conv`` for convolutions), bias and activation before the one rounding,
-``softmax`` and ``log_softmax`` (``FLOAT32_ACTIVATIONS``: they return float32),
-normalization statistics, and anything ``float32_outputs`` widens for a loss.
+What stays float32 whatever the layer's ``dtype``: sums of products (``product`` and
+``einsum`` here, ``cpu_conv`` for convolutions), bias and activation before the one
+rounding, ``softmax`` and ``log_softmax`` (``FLOAT32_ACTIVATIONS``: they return float32),
+normalization statistics, the sequence layers' recurrent state, gates and attention
+softmax, and anything ``float32_outputs`` widens for a loss.
 """
 
 from __future__ import annotations
 
+import math
 from functools import partial
 
 import jax
@@ -123,6 +125,99 @@ def _product_bwd(dtype, kernel_dtype, residuals, g):
 
 
 _product.defvjp(_product_fwd, _product_bwd)
+
+
+def einsum(subscripts: str, a: jax.Array, b: jax.Array, dtype) -> jax.Array:
+    """``jnp.einsum(subscripts, a, b)`` of operands rounded to ``dtype``, summed in float32.
+
+    The sequence layers' products (the recurrent product of each time step, attention's
+    projections, scores and weighted values), as ``product`` is Dense's: ``dtype``
+    operands and float32 sums, forward and backward. The gradient rounds the incoming
+    gradient to ``dtype`` for the two backward products and gives each operand its
+    gradient in the operand's own dtype, straight from the float32 sums: a float32
+    recurrent state's gradient is not rounded at each step it flows back through, and a
+    float32 kernel's per-step gradients are summed over time in float32.
+
+    Args:
+      subscripts: two operands and an output, ``"bthk,bshk->bhts"``; every index of an
+        operand appears in the other operand or in the output.
+      a, b: the operands, of any float dtype.
+      dtype: the operands' dtype (bfloat16 or float16).
+
+    Returns:
+      The einsum in float32.
+    """
+    inputs, output = subscripts.replace(" ", "").split("->")
+    left, right = inputs.split(",")
+    for mine, other in ((left, right), (right, left)):
+        alone = set(mine) - set(other) - set(output)
+        if alone or len(set(mine)) < len(mine):
+            raise ValueError(f"einsum {subscripts!r}: each operand's indices must be distinct "
+                             "and each in the other operand or the output")
+    if set(output) - set(left) - set(right):
+        raise ValueError(f"einsum {subscripts!r}: an output index is in neither operand")
+    return _einsum(a, b, (left, right, output), np.dtype(dtype), np.dtype(a.dtype),
+                   np.dtype(b.dtype))
+
+
+def _arranged(x: jax.Array, axes: list[int]) -> jax.Array:
+    """``x`` transposed to ``axes`` and kept so (the barrier): XLA would otherwise fold the
+    transpose into the product and hand its CPU runtime a form it refuses."""
+    if axes == sorted(axes):
+        return x
+    return lax.optimization_barrier(x.transpose(axes))
+
+
+def _sums(spec: tuple[str, str, str], a: jax.Array, b: jax.Array) -> jax.Array:
+    """The einsum as one batched matrix product ``(batch, rows, k) @ (batch, k, columns)``
+    in float32.
+
+    XLA's CPU backend (jax 0.10) multiplies 16-bit operands into float32 sums in this
+    form; some others, which ``jnp.einsum`` or a folded transpose produce (a contracted
+    axis first in the left operand, inside a scan's gradient or attention's), reach a
+    runtime that refuses them: "Unsupported element type for DotThunk::Execute: BF16 x
+    BF16 = F32".
+    """
+    left, right, output = spec
+    batch = [i for i in output if i in left and i in right]
+    summed = [i for i in left if i in right and i not in output]
+    rows = [i for i in left if i not in right]
+    columns = [i for i in right if i not in left]
+    size = dict(zip(left, a.shape)) | dict(zip(right, b.shape))
+
+    def count(indices):
+        return math.prod(size[i] for i in indices)
+
+    a = _arranged(a, [left.index(i) for i in batch + rows + summed])
+    b = _arranged(b, [right.index(i) for i in batch + summed + columns])
+    y = lax.dot_general(a.reshape(count(batch), count(rows), count(summed)),
+                        b.reshape(count(batch), count(summed), count(columns)),
+                        (((2,), (1,)), ((0,), (0,))), preferred_element_type=jnp.float32)
+    order = batch + rows + columns
+    y = y.reshape([size[i] for i in order])
+    return y.transpose([order.index(i) for i in output])
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
+def _einsum(a, b, spec, dtype, a_dtype, b_dtype):
+    return _sums(spec, a.astype(dtype), b.astype(dtype))
+
+
+def _einsum_fwd(a, b, spec, dtype, a_dtype, b_dtype):
+    low_a, low_b = a.astype(dtype), b.astype(dtype)
+    return _sums(spec, low_a, low_b), (low_a, low_b)
+
+
+def _einsum_bwd(spec, dtype, a_dtype, b_dtype, residuals, g):
+    low_a, low_b = residuals
+    left, right, output = spec
+    g = g.astype(dtype)
+    da = _sums((output, right, left), g, low_b).astype(a_dtype)
+    db = _sums((left, output, right), low_a, g).astype(b_dtype)
+    return da, db
+
+
+_einsum.defvjp(_einsum_fwd, _einsum_bwd)
 
 
 def sums_dtype(dtype) -> np.dtype | None:
