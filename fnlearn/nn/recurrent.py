@@ -19,6 +19,12 @@ Keras's ``[output, h, c]``. Stack layers with ``serial`` (each but the last with
 ``convention="torch"`` gives PyTorch's initialization and its two biases (``bias_ih``,
 ``bias_hh``), so weights convert both ways exactly; ``"keras"`` Keras's initializers
 and one bias. Parameter layout and gate orders: ``fnlearn.nn.rnn_cells``.
+
+``dtype`` and ``param_dtype`` as ``Dense``'s (``fnlearn.nn.precision``): with
+``dtype="bfloat16"`` (what ``nn.with_policy(model, "mixed_bfloat16")`` sets) the input
+projection and the recurrent product take bfloat16 operands and sum in float32, while
+the states ``h`` and ``c``, the gates and the biases stay float32 from step to step;
+the outputs and final states are rounded to bfloat16 once, after the loop.
 """
 
 from __future__ import annotations
@@ -26,10 +32,9 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from fnlearn.nn import rnn_cells
+from fnlearn.nn import precision, rnn_cells
 from fnlearn.nn.activations import ACTIVATIONS
-from fnlearn.nn.core import Layer, constructor
-from fnlearn.nn.precision import widened
+from fnlearn.nn.core import Layer, arguments_of, constructor
 
 _NAMES = {"simple_rnn": "SimpleRNN", "lstm": "LSTM", "gru": "GRU"}
 _KEYS = ("inputs", "mask", "lengths", "initial_state")
@@ -118,16 +123,21 @@ def _unpack(x, layer: str, n_states: int, time_major: bool):
     return x, mask, initial
 
 
-def _recurrent(kind: str, config: dict) -> Layer:
-    """The layer of ``kind`` for ``config`` (every option; ``Bidirectional`` rebuilds from it)."""
+def _recurrent(kind: str, config: dict, dtype, param_dtype) -> Layer:
+    """The layer of ``kind`` for ``config`` (every option; ``Bidirectional`` rebuilds from it)
+    computing in ``dtype`` (None: what its inputs and parameters promote to), its
+    parameters stored in ``param_dtype``."""
     c = config
     units, name = c["units"], _NAMES[kind]
     n_states = rnn_cells.STATES[kind]
+    compute = precision.check_dtype(dtype, f"{name} dtype")
+    stored = precision.check_dtype(param_dtype, f"{name} param_dtype")
 
     def init_fn(key, input_shape):
         time, features = _sequence_shape(input_shape, name)
         params = rnn_cells.init_params(key, kind, features, units, convention=c["convention"],
                                        use_bias=c["use_bias"], reset_after=c["reset_after"])
+        params = jax.tree.map(lambda p: p.astype(stored), params)
         if c["return_sequences"]:
             out = (time, units)
         else:
@@ -138,9 +148,6 @@ def _recurrent(kind: str, config: dict) -> Layer:
 
     def apply_fn(params, x, *, key=None, train=False):
         x, mask, initial = _unpack(x, name, n_states, c["time_major"])
-        # No dtype of its own: 16-bit inputs (under a policy) recur in float32.
-        x = widened(x)
-        initial = None if initial is None else tuple(widened(s) for s in initial)
         if x.shape[-1] != params["kernel"].shape[0]:
             raise ValueError(f"{name} was built for {params['kernel'].shape[0]} features, got "
                              f"inputs of shape {tuple(x.shape)} (batch, time, features): give "
@@ -149,22 +156,34 @@ def _recurrent(kind: str, config: dict) -> Layer:
         if c["mask_value"] is not None:
             real = jnp.any(x != c["mask_value"], axis=-1)
             mask = real if mask is None else mask & real
+        dtype = precision.compute_dtype(compute, x, params["kernel"])
+        half = precision.is_half(dtype)
+        if not half:
+            x = x.astype(dtype)
+            params = jax.tree.map(lambda p: p.astype(dtype), params)
+        # A 16-bit layer keeps its states in float32: rounded at every step, their error
+        # would grow with the sequence's length.
+        state_dtype = jnp.float32 if half else dtype
         batch = x.shape[0]
         if initial is None:
-            initial = tuple(jnp.zeros((batch, units), x.dtype) for _ in range(n_states))
-        projected = rnn_cells.project_inputs(params, x, kind, c["reset_after"])
+            initial = tuple(jnp.zeros((batch, units), state_dtype) for _ in range(n_states))
+        else:
+            initial = tuple(s.astype(state_dtype) for s in initial)
+        projected = rnn_cells.project_inputs(params, x, kind, c["reset_after"], dtype)
         time_mask = None if mask is None else mask.T
         if c["go_backwards"]:
             projected = projected[::-1]
             time_mask = None if time_mask is None else time_mask[::-1]
         step = rnn_cells.step_fn(kind, params, c["activation"], c["recurrent_activation"],
-                                 c["reset_after"])
+                                 c["reset_after"], dtype)
         outputs, final = rnn_cells.run(step, projected, initial, time_mask,
                                        sequences=c["return_sequences"],
                                        zero_output_for_mask=c["zero_output_for_mask"],
                                        unroll=c["unroll"])
         if c["return_sequences"] and not c["time_major"]:
             outputs = jnp.swapaxes(outputs, 0, 1)
+        if half:
+            outputs, final = outputs.astype(dtype), tuple(s.astype(dtype) for s in final)
         return (outputs, *final) if c["return_state"] else outputs
 
     extra = {"output_structure": ("tuple", 1 + n_states)} if c["return_state"] else {}
@@ -204,7 +223,7 @@ def SimpleRNN(units: int, activation: str = "tanh", *, use_bias: bool = True,
               return_sequences: bool = False, return_state: bool = False,
               go_backwards: bool = False, time_major: bool = False, convention: str = "keras",
               mask_value: float | None = None, zero_output_for_mask: bool = False,
-              unroll: int = 1) -> Layer:
+              unroll: int = 1, dtype=None, param_dtype="float32") -> Layer:
     """``h_t = activation(x_t @ kernel + h_{t-1} @ recurrent_kernel + bias)`` (Keras
     ``SimpleRNN``, PyTorch ``nn.RNN`` with ``nonlinearity`` tanh or relu).
 
@@ -221,10 +240,15 @@ def SimpleRNN(units: int, activation: str = "tanh", *, use_bias: bool = True,
       zero_output_for_mask: masked steps of the output sequence are zeros (PyTorch's
         padded output of a packed sequence; Keras repeats the previous output).
       unroll: time steps per loop iteration.
+      dtype: the dtype it computes in (``fnlearn.nn.precision``): None follows the
+        inputs and parameters; ``"bfloat16"`` multiplies in bfloat16 with float32 sums,
+        keeps the state float32, and returns bfloat16.
+      param_dtype: the parameters' dtype.
     """
     return _recurrent("simple_rnn", _options(
         "simple_rnn", units, activation, "sigmoid", use_bias, return_sequences, return_state,
-        go_backwards, time_major, convention, False, mask_value, zero_output_for_mask, unroll))
+        go_backwards, time_major, convention, False, mask_value, zero_output_for_mask, unroll),
+        dtype, param_dtype)
 
 
 @constructor
@@ -232,18 +256,19 @@ def LSTM(units: int, *, activation: str = "tanh", recurrent_activation: str = "s
          use_bias: bool = True, return_sequences: bool = False, return_state: bool = False,
          go_backwards: bool = False, time_major: bool = False, convention: str = "keras",
          mask_value: float | None = None, zero_output_for_mask: bool = False,
-         unroll: int = 1) -> Layer:
+         unroll: int = 1, dtype=None, param_dtype="float32") -> Layer:
     """Long short-term memory (Keras ``LSTM``, PyTorch ``nn.LSTM`` with one layer).
 
     Gates ``i, f, c, o`` (PyTorch's ``i, f, g, o``): ``c_t = f * c_{t-1} + i * g``,
     ``h_t = o * tanh(c_t)``; with ``return_state`` the outputs are ``(outputs, h, c)``.
-    Arguments as ``SimpleRNN``; ``recurrent_activation`` is the gates' (sigmoid).
+    Arguments as ``SimpleRNN``; ``recurrent_activation`` is the gates' (sigmoid). The
+    cell state ``c`` is float32 with a 16-bit ``dtype``, as ``h`` is.
     ``convention="keras"`` starts the forget-gate bias at 1 (Keras's ``unit_forget_bias``).
     """
     return _recurrent("lstm", _options(
         "lstm", units, activation, recurrent_activation, use_bias, return_sequences,
         return_state, go_backwards, time_major, convention, False, mask_value,
-        zero_output_for_mask, unroll))
+        zero_output_for_mask, unroll), dtype, param_dtype)
 
 
 @constructor
@@ -251,7 +276,8 @@ def GRU(units: int, *, activation: str = "tanh", recurrent_activation: str = "si
         use_bias: bool = True, reset_after: bool = True, return_sequences: bool = False,
         return_state: bool = False, go_backwards: bool = False, time_major: bool = False,
         convention: str = "keras", mask_value: float | None = None,
-        zero_output_for_mask: bool = False, unroll: int = 1) -> Layer:
+        zero_output_for_mask: bool = False, unroll: int = 1, dtype=None,
+        param_dtype="float32") -> Layer:
     """Gated recurrent unit (Keras ``GRU``, PyTorch ``nn.GRU`` with one layer).
 
     ``h_t = z * h_{t-1} + (1 - z) * tanh(x W_h + r * (h_{t-1} U_h + b_rh))`` with
@@ -262,7 +288,7 @@ def GRU(units: int, *, activation: str = "tanh", recurrent_activation: str = "si
     return _recurrent("gru", _options(
         "gru", units, activation, recurrent_activation, use_bias, return_sequences,
         return_state, go_backwards, time_major, convention, reset_after, mask_value,
-        zero_output_for_mask, unroll))
+        zero_output_for_mask, unroll), dtype, param_dtype)
 
 
 _MERGES = {"concat": lambda a, b: jnp.concatenate([a, b], axis=-1), "sum": jnp.add,
@@ -278,7 +304,9 @@ def Bidirectional(layer: Layer, merge_mode: str | None = "concat") -> Layer:
     output sequence is put back in time order before merging. With a mask (or lengths)
     the backward copy starts at each sequence's last real step, as PyTorch's packed
     sequences do, and masked steps of an output sequence are zeros (as Keras forces).
-    Parameters are ``{"forward": ..., "backward": ...}``.
+    Parameters are ``{"forward": ..., "backward": ...}``. Both copies compute in the
+    wrapped layer's ``dtype`` and store ``param_dtype`` (``with_policy`` sets the wrapped
+    layer's), and the merge is of their outputs in that dtype.
 
     Args:
       layer: a ``SimpleRNN``, ``LSTM`` or ``GRU``.
@@ -293,8 +321,11 @@ def Bidirectional(layer: Layer, merge_mode: str | None = "concat") -> Layer:
     config = {k: v for k, v in layer.config.items() if k != "output_structure"}
     # Keras's Bidirectional: masked steps of an output sequence are zeros in both directions.
     config["zero_output_for_mask"] = config["return_sequences"]
-    forward = _recurrent(layer.kind, config)
-    backward = _recurrent(layer.kind, {**config, "go_backwards": not config["go_backwards"]})
+    given = arguments_of(layer)
+    dtypes = given.get("dtype"), given.get("param_dtype", "float32")
+    forward = _recurrent(layer.kind, config, *dtypes)
+    backward = _recurrent(layer.kind, {**config, "go_backwards": not config["go_backwards"]},
+                          *dtypes)
     n_states = rnn_cells.STATES[layer.kind]
     sequences, with_state = config["return_sequences"], config["return_state"]
     time_axis = 0 if config["time_major"] else 1

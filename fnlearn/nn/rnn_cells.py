@@ -10,6 +10,10 @@ Keras's second bias row of a ``GRU(reset_after=True)``.
 The input projection of every time step is one matrix product before the loop
 (``einsum("btf,fg->tbg")``), with every bias that adds to it; the loop body holds only
 the recurrent product and the gates.
+
+With a 16-bit ``dtype`` both products take ``dtype`` operands and sum in float32
+(``precision.einsum``); the states, the gates and the biases stay float32, so the
+state is never rounded from one step to the next.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import math
 import jax
 import jax.numpy as jnp
 
+from fnlearn.nn import precision
 from fnlearn.nn.activations import ACTIVATIONS
 
 GATES = {"simple_rnn": 1, "lstm": 4, "gru": 3}
@@ -60,13 +65,21 @@ def init_params(key, kind: str, features: int, units: int, *, convention: str,
     return params
 
 
-def project_inputs(params: dict, x: jax.Array, kind: str, reset_after: bool) -> jax.Array:
+def _half(dtype) -> bool:
+    return dtype is not None and precision.is_half(dtype)
+
+
+def project_inputs(params: dict, x: jax.Array, kind: str, reset_after: bool,
+                   dtype=None) -> jax.Array:
     """Every time step's input projection and the biases that add to it: ``(time, batch, G*u)``.
 
     A GRU's recurrent bias of the candidate stays in the loop (it is multiplied by the
     reset gate); every other bias is a constant of the step and joins the projection.
+    ``dtype``: a 16-bit dtype multiplies in it and returns the float32 sums (None: the
+    operands' own).
     """
-    projected = jnp.einsum("btf,fg->tbg", x, params["kernel"])
+    projected = (precision.einsum("btf,fg->tbg", x, params["kernel"], dtype) if _half(dtype)
+                 else jnp.einsum("btf,fg->tbg", x, params["kernel"]))
     bias = params.get("bias")
     recurrent = params.get("recurrent_bias")
     if recurrent is not None:
@@ -74,23 +87,32 @@ def project_inputs(params: dict, x: jax.Array, kind: str, reset_after: bool) -> 
             units = recurrent.shape[0] // 3
             recurrent = jnp.asarray(recurrent).at[2 * units:].set(0.0) if reset_after else recurrent
         bias = recurrent if bias is None else bias + recurrent
-    return projected if bias is None else projected + bias
+    return projected if bias is None else projected + bias.astype(projected.dtype)
 
 
 def step_fn(kind: str, params: dict, activation: str, recurrent_activation: str,
-            reset_after: bool):
-    """``step(states, projected_t) -> (states, output_t)`` for one time step."""
+            reset_after: bool, dtype=None):
+    """``step(states, projected_t) -> (states, output_t)`` for one time step.
+
+    ``dtype``: as ``project_inputs``'s, for the recurrent product.
+    """
     act, gate = ACTIVATIONS[activation], ACTIVATIONS[recurrent_activation]
+    # The kernel goes into the product as stored: the product rounds it, and its
+    # gradient comes back in the kernel's dtype, summed over the steps in that dtype.
     recurrent_kernel = params["recurrent_kernel"]
+    half = _half(dtype)
+
+    def recurrent(h, kernel):
+        return precision.einsum("bu,ug->bg", h, kernel, dtype) if half else h @ kernel
 
     if kind == "simple_rnn":
         def step(states, projected):
-            h = act(projected + states[0] @ recurrent_kernel)
+            h = act(projected + recurrent(states[0], recurrent_kernel))
             return (h,), h
     elif kind == "lstm":
         def step(states, projected):
             h, c = states
-            i, f, g, o = jnp.split(projected + h @ recurrent_kernel, 4, axis=-1)
+            i, f, g, o = jnp.split(projected + recurrent(h, recurrent_kernel), 4, axis=-1)
             c = gate(f) * c + gate(i) * act(g)
             h = gate(o) * act(c)
             return (h, c), h
@@ -98,20 +120,22 @@ def step_fn(kind: str, params: dict, activation: str, recurrent_activation: str,
         units = recurrent_kernel.shape[0]
         candidate_bias = (params["recurrent_bias"][2 * units:]
                           if reset_after and "recurrent_bias" in params else None)
+        if candidate_bias is not None and half:
+            candidate_bias = candidate_bias.astype(jnp.float32)
 
         def step(states, projected):
             h, = states
             x_z, x_r, x_h = jnp.split(projected, 3, axis=-1)
             if reset_after:
-                h_z, h_r, h_h = jnp.split(h @ recurrent_kernel, 3, axis=-1)
+                h_z, h_r, h_h = jnp.split(recurrent(h, recurrent_kernel), 3, axis=-1)
                 r = gate(x_r + h_r)
                 if candidate_bias is not None:
                     h_h = h_h + candidate_bias
                 candidate = act(x_h + r * h_h)
             else:
-                h_z, h_r = jnp.split(h @ recurrent_kernel[:, :2 * units], 2, axis=-1)
+                h_z, h_r = jnp.split(recurrent(h, recurrent_kernel[:, :2 * units]), 2, axis=-1)
                 r = gate(x_r + h_r)
-                candidate = act(x_h + (r * h) @ recurrent_kernel[:, 2 * units:])
+                candidate = act(x_h + recurrent(r * h, recurrent_kernel[:, 2 * units:]))
             z = gate(x_z + h_z)
             h = z * h + (1.0 - z) * candidate
             return (h,), h
