@@ -21,6 +21,11 @@ Masks, each with its own framework's meaning (a dict input names them):
 
 A disallowed score becomes -1e9 before the softmax, as Keras does, so a query with no
 key left gets uniform weights rather than PyTorch's NaN.
+
+``dtype``/``param_dtype`` as ``Dense``'s (``fnlearn.nn.precision``): with a 16-bit
+``dtype`` the four projections, the scores ``q . k`` and the weighted sum of the values
+take 16-bit operands and sum in float32; biases, scores, masks and the softmax are
+float32, and the outputs (and weights) are rounded once at the end.
 """
 
 from __future__ import annotations
@@ -30,8 +35,8 @@ import math
 import jax
 import jax.numpy as jnp
 
+from fnlearn.nn import precision
 from fnlearn.nn.core import Layer, constructor
-from fnlearn.nn.precision import widened
 
 _KEYS = ("query", "value", "key", "attention_mask", "key_padding_mask", "attn_mask")
 _LARGE_NEGATIVE = -1e9
@@ -134,11 +139,13 @@ def _allowed(masks: dict, batch: int, heads: int, queries: int, keys: int, causa
 
 
 def attend(params: dict, query, value, key, masks: dict, *, heads: int, causal: bool,
-           dropout: float, dropout_key, train: bool, layer: str = "MultiHeadAttention"):
+           dropout: float, dropout_key, train: bool, layer: str = "MultiHeadAttention",
+           dtype=None):
     """Multi-head attention of ``query`` on ``key``/``value``: ``(outputs, weights)``.
 
     ``weights`` is ``(batch, heads, queries, keys)``, after masking and softmax (before
-    dropout).
+    dropout). A 16-bit ``dtype`` multiplies in it and returns both in float32 (None:
+    the products in their operands' dtype).
     """
     for argument, value_ in (("query", query), ("value", value), ("key", key)):
         if value_.ndim != 3:
@@ -152,13 +159,20 @@ def attend(params: dict, query, value, key, masks: dict, *, heads: int, causal: 
         raise ValueError(f"{layer} key {tuple(key.shape)} and value {tuple(value.shape)} must "
                          "have the same batch and length")
 
+    half = dtype is not None and precision.is_half(dtype)
+
+    def times(subscripts, a, b):
+        return precision.einsum(subscripts, a, b, dtype) if half else jnp.einsum(subscripts, a, b)
+
+    def biased(y, part):
+        return y + part["bias"].astype(y.dtype) if "bias" in part else y
+
     def project(name, x):
-        y = jnp.einsum("bsd,dhk->bshk", x, params[name]["kernel"])
-        return y + params[name]["bias"] if "bias" in params[name] else y
+        return biased(times("bsd,dhk->bshk", x, params[name]["kernel"]), params[name])
 
     q, k, v = project("query", query), project("key", key), project("value", value)
     q = q * jnp.asarray(1.0 / math.sqrt(q.shape[-1]), q.dtype)
-    scores = jnp.einsum("bthk,bshk->bhts", q, k)
+    scores = times("bthk,bshk->bhts", q, k)
     allowed, additive = _allowed(masks, query.shape[0], heads, query.shape[1], key.shape[1],
                                  causal, layer)
     if additive is not None:
@@ -172,10 +186,8 @@ def attend(params: dict, query, value, key, masks: dict, *, heads: int, causal: 
             raise ValueError(f"{layer} with dropout and train=True needs a PRNG key")
         keep = jax.random.bernoulli(dropout_key, jnp.float32(1.0 - dropout), weights.shape)
         dropped = jnp.where(keep, weights / (1.0 - dropout), jnp.zeros_like(weights))
-    attended = jnp.einsum("bhts,bshv->bthv", dropped, v)
-    out = jnp.einsum("bthv,hvd->btd", attended, params["output"]["kernel"])
-    if "bias" in params["output"]:
-        out = out + params["output"]["bias"]
+    attended = times("bhts,bshv->bthv", dropped, v)
+    out = biased(times("bthv,hvd->btd", attended, params["output"]["kernel"]), params["output"])
     return out, weights
 
 
@@ -210,7 +222,8 @@ def init_attention(key, query_dim: int, value_dim_in: int, key_dim_in: int, head
 def MultiHeadAttention(num_heads: int, key_dim: int, value_dim: int | None = None, *,
                        dropout: float = 0.0, use_bias: bool = True,
                        output_dim: int | None = None, causal: bool = False,
-                       init: str = "keras", return_attention_scores: bool = False) -> Layer:
+                       init: str = "keras", return_attention_scores: bool = False,
+                       dtype=None, param_dtype="float32") -> Layer:
     """Scaled dot-product attention with ``num_heads`` heads (Keras ``MultiHeadAttention``).
 
     Inputs: one array ``(batch, length, features)`` attends to itself; a tuple
@@ -229,6 +242,10 @@ def MultiHeadAttention(num_heads: int, key_dim: int, value_dim: int | None = Non
       init: ``"keras"`` or ``"torch"`` initialization.
       return_attention_scores: return ``(outputs, weights)``, weights
         ``(batch, heads, queries, keys)``.
+      dtype: the dtype it computes in (``fnlearn.nn.precision``): None follows the
+        inputs and parameters; ``"bfloat16"`` multiplies in bfloat16 with float32 sums,
+        takes the softmax in float32, and returns bfloat16.
+      param_dtype: the parameters' dtype.
     """
     for argument, number in (("num_heads", num_heads), ("key_dim", key_dim)):
         if isinstance(number, bool) or not isinstance(number, int) or number <= 0:
@@ -238,6 +255,8 @@ def MultiHeadAttention(num_heads: int, key_dim: int, value_dim: int | None = Non
         raise ValueError(f"MultiHeadAttention dropout must be in [0, 1), got {dropout!r}")
     if init not in ("keras", "torch"):
         raise ValueError(f"MultiHeadAttention init must be 'keras' or 'torch', got {init!r}")
+    compute = precision.check_dtype(dtype, "MultiHeadAttention dtype")
+    stored = precision.check_dtype(param_dtype, "MultiHeadAttention param_dtype")
     values = value_dim or key_dim
 
     def init_fn(key, input_shape):
@@ -261,6 +280,7 @@ def MultiHeadAttention(num_heads: int, key_dim: int, value_dim: int | None = Non
         out_dim = output_dim or query[-1]
         params = init_attention(key, query[-1], value[-1], key_shape[-1], num_heads, key_dim,
                                 values, out_dim, use_bias, init)
+        params = jax.tree.map(lambda p: p.astype(stored), params)
         out = (query[0], out_dim)
         if return_attention_scores:
             return (out, (num_heads, query[0], key_shape[0])), params
@@ -268,11 +288,17 @@ def MultiHeadAttention(num_heads: int, key_dim: int, value_dim: int | None = Non
 
     def apply_fn(params, x, *, key=None, train=False):
         query, value, key_, masks = split_inputs(x)
-        # No dtype of its own: 16-bit inputs (under a policy) attend in float32.
-        query, value, key_ = (widened(jnp.asarray(a)) for a in (query, value, key_))
+        query, value, key_ = (jnp.asarray(a) for a in (query, value, key_))
+        dtype = precision.compute_dtype(compute, query, value, key_, params["query"]["kernel"])
+        half = precision.is_half(dtype)
+        if not half:
+            query, value, key_ = (a.astype(dtype) for a in (query, value, key_))
+            params = jax.tree.map(lambda p: p.astype(dtype), params)
         out, weights = attend(params, query, value, key_,
                               masks, heads=num_heads, causal=causal, dropout=dropout,
-                              dropout_key=key, train=train)
+                              dropout_key=key, train=train, dtype=dtype)
+        if half:
+            out, weights = out.astype(dtype), weights.astype(dtype)
         return (out, weights) if return_attention_scores else out
 
     config = {"num_heads": num_heads, "key_dim": key_dim, "value_dim": values,

@@ -15,6 +15,11 @@ parameters are theirs under PyTorch's submodule names (``self_attn``, ``linear1`
 ``linear2``, ``norm1``, ``norm2``). In Keras the block is a functional graph of
 ``MultiHeadAttention``, ``Dropout``, ``Add``, ``LayerNormalization`` and ``Dense``
 layers (``fnlearn.parity`` builds and reads it).
+
+With a 16-bit ``dtype`` (``nn.with_policy(model, "mixed_bfloat16")``) the attention's
+products and the two feed-forward ``Dense`` layers multiply 16-bit operands and sum in
+float32; the residual sums, the LayerNorms and the softmax are float32 inside the
+block, and its output is rounded once.
 """
 
 from __future__ import annotations
@@ -22,11 +27,11 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from fnlearn.nn import precision
 from fnlearn.nn.attention import MultiHeadAttention, attend
 from fnlearn.nn.core import Layer, constructor
 from fnlearn.nn.dense import Dense, Dropout
 from fnlearn.nn.norm import LayerNorm
-from fnlearn.nn.precision import widened
 
 _KEYS = ("inputs", "key_padding_mask", "attn_mask", "attention_mask")
 
@@ -36,7 +41,8 @@ def TransformerEncoderLayer(d_model: int, nhead: int, dim_feedforward: int = 204
                             dropout: float = 0.1, activation: str = "relu",
                             layer_norm_eps: float = 1e-5, norm_first: bool = False, *,
                             bias: bool = True, causal: bool = False,
-                            time_major: bool = False) -> Layer:
+                            time_major: bool = False, dtype=None,
+                            param_dtype="float32") -> Layer:
     """Self-attention and a feed-forward block, each with a residual and a LayerNorm.
 
     Arguments as PyTorch's (``batch_first=True`` is the default here: ``time_major=True``
@@ -54,6 +60,10 @@ def TransformerEncoderLayer(d_model: int, nhead: int, dim_feedforward: int = 204
       layer_norm_eps: the LayerNorms' epsilon.
       norm_first: pre-norm instead of post-norm.
       bias: biases in the projections, the feed-forward layers and the LayerNorms.
+      dtype: the dtype it computes in (``fnlearn.nn.precision``): None follows the
+        inputs and parameters; ``"bfloat16"`` multiplies in bfloat16 with float32 sums
+        and returns bfloat16.
+      param_dtype: the parameters' dtype.
     """
     for argument, number in (("d_model", d_model), ("nhead", nhead),
                              ("dim_feedforward", dim_feedforward)):
@@ -62,11 +72,20 @@ def TransformerEncoderLayer(d_model: int, nhead: int, dim_feedforward: int = 204
                              f"{number!r}")
     if d_model % nhead:
         raise ValueError(f"TransformerEncoderLayer nhead {nhead} must divide d_model {d_model}")
+    compute = precision.check_dtype(dtype, "TransformerEncoderLayer dtype")
+    stored = precision.check_dtype(param_dtype, "TransformerEncoderLayer param_dtype")
     attention = MultiHeadAttention(nhead, d_model // nhead, dropout=dropout, use_bias=bias,
-                                   causal=causal, init="torch")
-    linear1 = Dense(dim_feedforward, activation, use_bias=bias, init="torch")
-    linear2 = Dense(d_model, use_bias=bias, init="torch")
-    norm = LayerNorm(epsilon=layer_norm_eps, center=bias, convention="torch")
+                                   causal=causal, init="torch", param_dtype=stored)
+
+    def feed_forward_layers(dtype):
+        return (Dense(dim_feedforward, activation, use_bias=bias, init="torch", dtype=dtype,
+                      param_dtype=stored),
+                Dense(d_model, use_bias=bias, init="torch", dtype=dtype, param_dtype=stored))
+
+    linear1, linear2 = feed_forward_layers(compute)
+    # No dtype: the LayerNorms return the dtype they get, float32 inside the block.
+    norm = LayerNorm(epsilon=layer_norm_eps, center=bias, convention="torch",
+                     param_dtype=stored)
     drop = Dropout(dropout)
     parts = {"self_attn": attention, "linear1": linear1, "linear2": linear2, "norm1": norm,
              "norm2": norm}
@@ -90,19 +109,27 @@ def TransformerEncoderLayer(d_model: int, nhead: int, dim_feedforward: int = 204
                                  f"('inputs' required), got keys {sorted(x)}")
             masks = {k: x[k] for k in _KEYS[1:] if x.get(k) is not None}
             x = x["inputs"]
-        x = widened(jnp.asarray(x))  # no dtype of its own: float32 under a policy
+        x = jnp.asarray(x)
+        dtype = precision.compute_dtype(compute, x, params["linear1"]["kernel"])
+        half = precision.is_half(dtype)
+        if not half:
+            params = jax.tree.map(lambda p: p.astype(dtype), params)
+        # A 16-bit block keeps its residual sums in float32 and rounds its output once.
+        x = x.astype(jnp.float32 if half else dtype)
         if x.ndim != 3 or x.shape[-1] != d_model:
             raise ValueError(f"TransformerEncoderLayer inputs must be (batch, length, {d_model})"
                              f", got shape {tuple(x.shape)}")
         if time_major:
             x = jnp.swapaxes(x, 0, 1)
+        # The feed-forward layers compute in the block's dtype, resolved as the attention's.
+        linear1, linear2 = feed_forward_layers(dtype)
         keys = (jax.random.split(key, 4) if key is not None and train and dropout > 0
                 else [None] * 4)
 
         def self_attention(h):
             out, _ = attend(params["self_attn"], h, h, h, masks, heads=nhead, causal=causal,
                             dropout=dropout, dropout_key=keys[0], train=train,
-                            layer="TransformerEncoderLayer")
+                            layer="TransformerEncoderLayer", dtype=dtype)
             return drop.apply({}, out, key=keys[1], train=train)
 
         def feed_forward(h):
@@ -123,6 +150,7 @@ def TransformerEncoderLayer(d_model: int, nhead: int, dim_feedforward: int = 204
         else:
             x = norm1(x + self_attention(x))
             x = norm2(x + feed_forward(x))
+        x = x.astype(dtype) if half else x
         return jnp.swapaxes(x, 0, 1) if time_major else x
 
     return Layer(init_fn, apply_fn, "transformer_encoder",
