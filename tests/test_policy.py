@@ -254,8 +254,9 @@ def test_the_mixed_mlp_recipe_learns_as_well_as_float32_on_the_sample():
     assert abs(accuracies["mixed_bfloat16"] - accuracies["float32"]) <= 0.03, accuracies
 
 
-# Sequence layers take no dtype: under a policy they widen 16-bit inputs and compute in
-# float32 (their products, scans and softmax), whatever comes before them is bfloat16.
+# Sequence layers get the policy's dtype as Dense does: bfloat16 products with float32
+# sums and bfloat16 outputs (tests/test_sequence_precision.py reads the rest: the float32
+# state, softmax and statistics, the errors against float32).
 SEQUENCE_LAYERS = {
     "lstm": nn.LSTM(5, return_sequences=True), "gru": nn.GRU(3, return_sequences=True),
     "bidirectional": nn.Bidirectional(nn.SimpleRNN(3, mask_value=0.0, return_sequences=True)),
@@ -265,15 +266,17 @@ SEQUENCE_LAYERS = {
 
 
 @pytest.mark.parametrize("kind", sorted(SEQUENCE_LAYERS))
-def test_sequence_layers_stay_float32_under_a_policy(kind):
+def test_sequence_layers_compute_in_bfloat16_under_a_policy(kind):
     model = nn.serial(nn.Dense(4), SEQUENCE_LAYERS[kind], nn.GlobalAveragePooling1D())
     mixed = nn.with_policy(model, "mixed_bfloat16")
     x = np.random.default_rng(0).normal(size=(2, 6, 4)).astype(np.float32)
     params = nn.init(model, 0, (6, 4))
-    inner = SEQUENCE_LAYERS[kind]
-    out = jax.eval_shape(lambda p: nn.apply(inner, p, x.astype(jnp.bfloat16)),
-                         nn.init(inner, 0, (6, 4)))
-    assert jax.tree.leaves(out)[0].dtype == F32
+    inner, name = mixed.children[1], model.config["names"][1]
+    h = jnp.asarray(x, jnp.bfloat16)
+    out = jax.eval_shape(lambda p: nn.apply(inner, p, h), params[name])
+    assert jax.tree.leaves(out)[0].dtype == BF16
+    assert products(lambda p: nn.apply(inner, p, h), params[name]) == {
+        (("bfloat16", "bfloat16"), "float32")}
     ours, reference = (jax.tree.leaves(nn.apply(m, params, x))[0] for m in (mixed, model))
     assert ours.dtype == F32
     np.testing.assert_allclose(ours, reference, atol=2e-2)
