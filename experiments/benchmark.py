@@ -330,6 +330,29 @@ def status_row(entry: dict[str, object], columns: int) -> list[str]:
     return [f"**{entry['status']}** ({entry.get('detail', '')})"] + ["–"] * (columns - 1)
 
 
+CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_tile", "fma")
+
+
+def cpu_flags() -> str:
+    """The vector extensions this CPU has, of those that matter to XLA and oneDNN."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                have = set(line.split(":", 1)[1].split())
+                return " ".join(flag for flag in CPU_FLAGS if flag in have) or "none of them"
+    except OSError:
+        pass
+    return "unknown"
+
+
+def write_report(out: str, stem: str, markdown: str, runs: dict) -> None:
+    """Writes ``STEM.md`` (the table) and ``STEM.json`` (every run) to the folder ``out``."""
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{stem}.md").write_text(markdown + "\n")
+    (folder / f"{stem}.json").write_text(json.dumps(runs, indent=2))
+
+
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     """A GitHub Markdown table.
 

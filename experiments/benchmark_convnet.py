@@ -12,10 +12,8 @@ alike); the first epoch holds compilation, the later ones give the steady state.
 """
 
 import argparse
-import json
 import os
 import sys
-from pathlib import Path
 
 from benchmark import (
     CONTENDERS_DIR,
@@ -26,6 +24,7 @@ from benchmark import (
     pair_ratio,
     run_process,
     summarize,
+    write_report,
 )
 
 CONTENDERS = {
@@ -120,10 +119,7 @@ def main(argv: list[str] | None = None) -> dict:
                     print(f"rep {rep}/{args.reps}  {recipe:<5} {name:<28} {shown}", flush=True)
     markdown = (f"Convnet recipes, {args.steps or 'all'} steps an epoch, {args.epochs} epochs, "
                 f"{args.reps} reps, {cpu_model()}, {os.cpu_count()} cores\n\n{table(runs)}")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "benchmark_convnet.md").write_text(markdown + "\n")
-    (out / "benchmark_convnet.json").write_text(json.dumps(runs, indent=2))
+    write_report(args.out, "benchmark_convnet", markdown, runs)
     print(markdown)
     return runs
 

@@ -14,23 +14,22 @@ repetition. ``--train-size`` trains on the first N images, so a repetition takes
 """
 
 import argparse
-import json
 import os
 import sys
 import tempfile
-from pathlib import Path
 
 from benchmark import (
     CONTENDERS_DIR,
     MISSING_EXIT,
     child_env,
+    cpu_flags,
     cpu_model,
     markdown_table,
     pair_ratio,
     run_process,
     summarize,
+    write_report,
 )
-from benchmark_sequences import cpu_flags
 
 # name -> contender script
 CONTENDERS = {"fnlearn": "fnlearn_dcgan.py", "TensorFlow": "tf_dcgan.py"}
@@ -122,10 +121,7 @@ def main(argv: list[str] | None = None) -> dict:
     markdown = (f"DCGAN (TensorFlow's tutorial), {args.images:,} images an epoch, "
                 f"{args.epochs} epochs (the first left out), {args.reps} reps, "
                 f"{cpu_model()} ({cpu_flags()}), {os.cpu_count()} cores\n\n{table(runs)}")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "benchmark_generative.md").write_text(markdown + "\n")
-    (out / "benchmark_generative.json").write_text(json.dumps(runs, indent=2))
+    write_report(args.out, "benchmark_generative", markdown, runs)
     print(markdown)
     return runs
 

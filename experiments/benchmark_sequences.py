@@ -14,20 +14,20 @@ shown too: on a machine shared with other work, two threads can wait on each oth
 """
 
 import argparse
-import json
 import os
 import sys
-from pathlib import Path
 
 from benchmark import (
     CONTENDERS_DIR,
     MISSING_EXIT,
     child_env,
+    cpu_flags,
     cpu_model,
     markdown_table,
     pair_ratio,
     run_process,
     summarize,
+    write_report,
 )
 
 # name -> (script, extra arguments)
@@ -38,21 +38,6 @@ CONTENDERS = {
 }
 RECIPES = ("rnn", "vit")
 REFERENCE = "PyTorch"
-CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_tile", "fma")
-
-
-def cpu_flags() -> str:
-    """The vector extensions this CPU has, of those that matter to XLA and oneDNN."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                have = set(line.split(":", 1)[1].split())
-                return " ".join(flag for flag in CPU_FLAGS if flag in have) or "none of them"
-    except OSError:
-        pass
-    return "unknown"
-
-
 def sequence_run(name: str, recipe: str, args: argparse.Namespace, workdir: str,
                  cache_dir: str) -> dict:
     """One repetition of one contender on one recipe: img/s of the later epochs."""
@@ -138,10 +123,7 @@ def main(argv: list[str] | None = None) -> dict:
     markdown = (f"Sequence recipes, {args.steps or 'all'} steps an epoch, {args.epochs} epochs "
                 f"(the first left out), {args.reps} reps, {cpu_model()} ({cpu_flags()}), "
                 f"{os.cpu_count()} cores\n\n{table(runs)}")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "benchmark_sequences.md").write_text(markdown + "\n")
-    (out / "benchmark_sequences.json").write_text(json.dumps(runs, indent=2))
+    write_report(args.out, "benchmark_sequences", markdown, runs)
     print(markdown)
     return runs
 
