@@ -174,16 +174,23 @@ def create_app(models: list[ModelSpec] | str | Path, *, name: str | None = None,
             parse = partial(parse_request, body, servable.signature.inputs)
             x, row_format = (await asyncio.to_thread(parse) if len(body) > _PARSE_IN_THREAD_BYTES
                              else parse())
-            while servable.batcher.closing:  # a newer version took over while this was read
-                newer = versions.resolve(table, target.name, target.version, target.label)
-                if newer.signature.inputs != servable.signature.inputs:
-                    x, row_format = parse_request(body, newer.signature.inputs)
-                servable = newer
-            check_range(x[0], '"instances"' if row_format else '"inputs"', servable.input_range)
+
+            async def submit_to_live():
+                # Runs as its own task: the check for a closing batcher and ``submit`` must
+                # happen with no await between them, or an unload could slip in.
+                nonlocal servable, x, row_format
+                while servable.batcher.closing:  # a newer version took over meanwhile
+                    newer = versions.resolve(table, target.name, target.version, target.label)
+                    if newer.signature.inputs != servable.signature.inputs:
+                        x, row_format = parse_request(body, newer.signature.inputs)
+                    servable = newer
+                check_range(x[0], '"instances"' if row_format else '"inputs"',
+                            servable.input_range)
+                return await servable.batcher.submit(x[0] if len(x) == 1 else x)
+
             try:
-                outputs = await asyncio.wait_for(
-                    servable.batcher.submit(x[0] if len(x) == 1 else x),
-                    max(deadline - loop.time(), 0.0))
+                outputs = await asyncio.wait_for(submit_to_live(),
+                                                 max(deadline - loop.time(), 0.0))
             except TimeoutError:
                 return _error(504, f"no prediction within the request timeout of "
                                    f"{request_timeout_s} s")
