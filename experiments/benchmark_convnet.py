@@ -8,7 +8,13 @@ repetition by repetition. A contender trains ``--epochs`` epochs of training plu
 validation (``--steps N``: N steps each, on the first N x batch images, validation scaled
 alike); the first epoch holds compilation, the later ones give the steady state.
 
+With ``--policy mixed_bfloat16`` every framework computes in bfloat16 with float32
+weights: fnlearn's ``fit(policy=...)``, PyTorch's ``torch.autocast("cpu", torch.bfloat16)``
+and Keras's global ``mixed_bfloat16`` policy; fnlearn in float32 runs beside them for its
+own ratio, and the plain JAX loop (float32 only) is left out.
+
     python experiments/benchmark_convnet.py --data-dir DATA [--reps 3] [--steps 200]
+        [--policy mixed_bfloat16]
 """
 
 import argparse
@@ -33,15 +39,29 @@ CONTENDERS = {
     "Keras (TensorFlow)": "keras_convnet.py",
     "JAX + Optax loop (lax conv)": "jax_convnet.py",
 }
+MIXED_CONTENDERS = {  # name: (script, policy) under --policy mixed_bfloat16
+    "fnlearn": ("fnlearn_convnet.py", "mixed_bfloat16"),
+    "PyTorch": ("torch_convnet.py", "mixed_bfloat16"),
+    "Keras (TensorFlow)": ("keras_convnet.py", "mixed_bfloat16"),
+    "fnlearn, float32": ("fnlearn_convnet.py", "float32"),
+}
 RECIPES = ("keras", "torch")
 REFERENCE = "PyTorch"
+
+
+def contenders(policy: str) -> dict[str, tuple[str, str]]:
+    """The contenders for ``policy``: name -> (script, the policy it runs under)."""
+    if policy == "float32":
+        return {name: (script, "float32") for name, script in CONTENDERS.items()}
+    return dict(MIXED_CONTENDERS)
 
 
 def convnet_run(name: str, recipe: str, args: argparse.Namespace, workdir: str,
                 cache_dir: str) -> dict:
     """One repetition of one contender on one recipe: img/s of the first and later epochs."""
-    command = [sys.executable, str(CONTENDERS_DIR / CONTENDERS[name]), "--recipe", recipe,
-               "--epochs", str(args.epochs)]
+    script, policy = contenders(args.policy)[name]
+    command = [sys.executable, str(CONTENDERS_DIR / script), "--recipe", recipe,
+               "--epochs", str(args.epochs), "--policy", policy]
     command += ["--data-dir", args.data_dir] if args.data_dir else ["--source", "sample"]
     if args.steps:
         command += ["--steps", str(args.steps)]
@@ -85,6 +105,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--epochs", type=int, default=2, help="the first one compiles")
     parser.add_argument("--steps", type=int, default=200, help="steps per epoch (0: all)")
     parser.add_argument("--only", default=None, help="comma-separated contender names")
+    parser.add_argument("--policy", choices=("float32", "mixed_bfloat16"), default="float32",
+                        help="the precision every contender computes in (see above)")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per run")
     parser.add_argument("--out", default="out/benchmark", help="folder for the md and json")
     args = parser.parse_args(argv)
@@ -98,7 +120,7 @@ def main(argv: list[str] | None = None) -> dict:
     import tempfile
 
     args = parse_args(argv)
-    names = list(CONTENDERS)
+    names = list(contenders(args.policy))
     if args.only:
         wanted = {n.strip().lower() for n in args.only.split(",")}
         names = [n for n in names if n.lower() in wanted]
@@ -117,9 +139,11 @@ def main(argv: list[str] | None = None) -> dict:
                         lines = run["stderr"].strip().splitlines()
                         shown += f": {lines[-1] if lines else 'no error output'}"
                     print(f"rep {rep}/{args.reps}  {recipe:<5} {name:<28} {shown}", flush=True)
-    markdown = (f"Convnet recipes, {args.steps or 'all'} steps an epoch, {args.epochs} epochs, "
+    markdown = (f"Convnet recipes, policy {args.policy}, {args.steps or 'all'} steps an epoch, "
+                f"{args.epochs} epochs, "
                 f"{args.reps} reps, {cpu_model()}, {os.cpu_count()} cores\n\n{table(runs)}")
-    write_report(args.out, "benchmark_convnet", markdown, runs)
+    name = "benchmark_convnet" + ("" if args.policy == "float32" else f"_{args.policy}")
+    write_report(args.out, name, markdown, runs)
     print(markdown)
     return runs
 

@@ -13,9 +13,16 @@ import os
 import pathlib
 import tempfile
 
-import pytest
+# The suite compiles thousands of small XLA programs; LLVM at -O1 instead of the default
+# -O2 halves that compile time and gives the same bits (tests/test_compile_flags.py holds
+# it to that). Set before JAX starts its backend; test subprocesses inherit it.
+OPT_FLAG = "--xla_backend_optimization_level=1"
+if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {OPT_FLAG}".strip()
 
-from fnlearn.data import download
+import pytest  # noqa: E402
+
+from fnlearn.data import download  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 # Where this project's machines keep the full datasets: beside the project.

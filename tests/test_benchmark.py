@@ -128,22 +128,41 @@ def test_convnet_table_gives_medians_spreads_and_paired_ratios_to_pytorch():
     assert "| torch | fnlearn | missing |  |  |" in text
 
 
-@pytest.mark.parametrize("script", ["fnlearn_convnet.py", "torch_convnet.py",
-                                    "jax_convnet.py"])
-def test_convnet_contenders_report_their_throughput(script, tmp_path, need):
+# The float32 runs of fnlearn and PyTorch are the same code with the policy off.
+@pytest.mark.parametrize("script, policy", [
+    ("fnlearn_convnet.py", "mixed_bfloat16"), ("torch_convnet.py", "mixed_bfloat16"),
+    ("jax_convnet.py", "float32")])
+def test_convnet_contenders_report_their_throughput(script, policy, tmp_path, need):
     if script == "torch_convnet.py":
         need("torch")
     command = [sys.executable, str(EXPERIMENTS / "contenders" / script), "--recipe", "torch",
-               "--source", "sample", "--steps", "2", "--epochs", "2"]
+               "--source", "sample", "--steps", "2", "--epochs", "2", "--policy", policy]
     env = {**os.environ, "PYTHONPATH": str(EXPERIMENTS.parent)}
     done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path,
                           env=env)
     assert done.returncode == 0, done.stderr[-2000:]
     line = next(x for x in done.stdout.splitlines() if x.startswith("BENCH_RESULT "))
     result = json.loads(line[len("BENCH_RESULT "):])
+    assert result["policy"] == policy
     assert result["train_images"] == 2 * 64
     assert len(result["epoch_seconds"]) == 2 and result["steady_img_s"] > 0
     assert 0.0 <= result["val_accuracy"] <= 1.0
+
+
+def test_mixed_policy_runs_every_framework_in_bfloat16_beside_fnlearn_float32(tmp_path):
+    import benchmark_convnet
+
+    mixed = benchmark_convnet.contenders("mixed_bfloat16")
+    assert mixed["fnlearn, float32"] == ("fnlearn_convnet.py", "float32")
+    assert {policy for name, (_, policy) in mixed.items() if name != "fnlearn, float32"} == {
+        "mixed_bfloat16"}
+    assert all(p == "float32" for _, p in benchmark_convnet.contenders("float32").values())
+    # The plain JAX loop has no mixed precision: it refuses rather than time float32.
+    command = [sys.executable, str(EXPERIMENTS / "contenders" / "jax_convnet.py"), "--recipe",
+               "torch", "--source", "sample", "--policy", "mixed_bfloat16"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                          env={**os.environ, "PYTHONPATH": str(EXPERIMENTS.parent)})
+    assert done.returncode != 0 and "float32 only" in done.stderr
 
 
 def test_sequence_benchmark_quick_run_on_the_sample(tmp_path):

@@ -38,6 +38,8 @@ class Recipe:
     validation_split: float
 
 
+POLICIES = ("float32", "mixed_bfloat16")
+
 RECIPES = {
     "keras": Recipe(batch_size=128, val_batch_size=128, validation_split=0.1),
     "torch": Recipe(batch_size=64, val_batch_size=1000, validation_split=0.0),
@@ -64,6 +66,11 @@ def parse_args(argv: list[str] | None, description: str) -> argparse.Namespace:
     )
     parser.add_argument("--limit", type=int, default=None, help="training subset size")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--policy", choices=POLICIES, default="float32",
+        help="mixed_bfloat16: bfloat16 computation, float32 weights (fnlearn's and Keras's "
+        "policy, torch.autocast on the CPU)",
+    )
     args = parser.parse_args(argv)
     if args.source == "idx" and not args.data_dir:
         parser.error("--data-dir (or FNLEARN_DATA_DIR) is required unless --source sample")
@@ -125,6 +132,7 @@ def report_epochs(
     later, later_train = epoch_seconds[1:], (train_seconds or [])[1:]
     report(
         recipe=args.recipe,
+        policy=args.policy,
         steps=args.steps,
         epochs=args.epochs,
         batch_size=args.settings.batch_size,

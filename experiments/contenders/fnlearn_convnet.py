@@ -44,7 +44,8 @@ def main(argv: list[str] | None = None) -> None:
     # verbose=0 with an on_epoch_end callback: one compiled call per epoch, validation in it.
     fl.fit(model, x, y, loss=loss, optimizer=optimizer, metrics=["accuracy"],
            epochs=args.epochs, batch_size=args.settings.batch_size,
-           validation_data=(xv, yv), seed=args.seed, verbose=0, callbacks=[clock])
+           validation_data=(xv, yv), seed=args.seed, verbose=0, callbacks=[clock],
+           policy=args.policy)
     seconds = list(np.diff(clock.times))
     report_epochs(args, len(x), seconds, clock.accuracy,
                   f"fnlearn {fl.__version__}, jax {jax.__version__}")

@@ -53,6 +53,8 @@ def main(argv: list[str] | None = None) -> None:
       argv: command line, `None` for `sys.argv[1:]`.
     """
     args = parse_args(argv, __doc__)
+    if args.policy != "float32":
+        raise SystemExit(f"the plain JAX loop runs in float32 only, not --policy {args.policy}")
     try:
         import jax
         import jax.numpy as jnp

@@ -68,6 +68,8 @@ def main(argv: list[str] | None = None) -> None:
         missing("tensorflow")
 
     keras.utils.set_random_seed(args.seed)
+    # mixed_bfloat16: Keras's global policy, set before the model is built.
+    keras.mixed_precision.set_global_policy(args.policy)
     x, y, xv, yv = load_split(args)
     mean, std = (0.1307, 0.3081) if args.recipe == "torch" else (0.0, 1.0)
     x = (x.astype("float32") / 255 - mean) / std
