@@ -58,8 +58,12 @@ from fnlearn.nn.window import (
     Geometry,
     Padding,
     accumulator,
+    as_bits,
+    from_bits,
     geometry,
+    is_half,
     pad_input,
+    positive_bits,
     taps,
     untaps,
 )
@@ -87,14 +91,20 @@ def chunk_size(batch: int, bytes_per_image: int) -> int:
 
 
 def map_batch(fn: Callable[..., jax.Array], arrays: Sequence[jax.Array], chunk: int) -> jax.Array:
-    """``fn`` over the batch in chunks of ``chunk`` images, outputs concatenated."""
+    """``fn`` over the batch in chunks of ``chunk`` images, outputs concatenated.
+
+    A 16-bit float output leaves the loop as its bits (``window.as_bits``): written in
+    place, where XLA's CPU backend would rewrite the loop's whole output buffer in
+    float32 every step.
+    """
     n = arrays[0].shape[0]
     # A symbolic batch (jax.export's "b") cannot be split into chunks: one product.
     if not isinstance(n, int) or chunk >= n:
         return fn(*arrays)
     steps, rest = divmod(n, chunk)
     stacked = [a[: steps * chunk].reshape(steps, chunk, *a.shape[1:]) for a in arrays]
-    out = lax.map(lambda xs: fn(*xs), stacked)
+    dtype = jax.eval_shape(fn, *(s[0] for s in stacked)).dtype
+    out = from_bits(lax.map(lambda xs: as_bits(fn(*xs)), stacked), dtype)
     out = out.reshape(steps * chunk, *out.shape[2:])
     if rest:
         out = jnp.concatenate([out, fn(*(a[steps * chunk :] for a in arrays))])
@@ -125,17 +135,29 @@ def sum_batch(fn: Callable[..., Any], arrays: Sequence[jax.Array], chunk: int) -
     return total
 
 
-def _patches(x: jax.Array, geom: Geometry) -> jax.Array:
-    """im2col: ``(n * ho * wo, kh * kw * c)``, columns in the kernel's HWI order."""
-    cols = taps(pad_input(x, geom), geom)
+def _patches(bits: jax.Array, geom: Geometry, dtype) -> jax.Array:
+    """im2col of ``as_bits`` of inputs: ``(n * ho * wo, kh * kw * c)`` of ``dtype``,
+    columns in the kernel's HWI order (built from the bits, see ``window.as_bits``)."""
+    cols = taps(pad_input(bits, geom), geom)
     patches = cols[0] if len(cols) == 1 else jnp.concatenate(cols, axis=-1)
-    return patches.reshape(-1, patches.shape[-1])
+    return from_bits(patches.reshape(-1, patches.shape[-1]), dtype)
 
 
 def _matmul(a: jax.Array, b: jax.Array) -> jax.Array:
     """``a @ b`` for 2-D operands, summed in ``accumulator(a.dtype)``."""
     return lax.dot_general(a, b, (((1,), (0,)), ((), ())),
                            preferred_element_type=accumulator(a.dtype))
+
+
+def _transposed(a: jax.Array) -> jax.Array:
+    """``a.T`` of a 2-D ``a``, laid out in memory for a product.
+
+    The transpose sits behind ``lax.optimization_barrier`` so that XLA does not fold it
+    back into the product (whose transposed-operand form is slower, and for 16-bit
+    operands runs in float32). A 16-bit ``a`` is transposed as its bits
+    (``window.as_bits``).
+    """
+    return from_bits(lax.optimization_barrier(as_bits(a).T), a.dtype)
 
 
 def _chunk(x: jax.Array, kernel: jax.Array, geom: Geometry) -> int:
@@ -158,8 +180,11 @@ def _tapwise(x: jax.Array, kernel: jax.Array, geom: Geometry, groups: int = 1) -
     acc = accumulator(x.dtype)
     rows = kernel.astype(acc).reshape(kh * kw, per_group, groups, o // groups)
     total = None
-    # Widened before the slicing, so that JAX's transpose (grouped case) adds in acc too.
-    for t, tap in enumerate(taps(pad_input(x.astype(acc), geom), geom)):
+    # Widened before the slicing, so that JAX's transpose (grouped case) adds in acc too;
+    # a 16-bit input is widened once, behind a barrier: fused into the taps, the
+    # conversion would be redone for every tap and output channel.
+    wide = x.astype(acc) if acc == x.dtype else lax.optimization_barrier(x.astype(acc))
+    for t, tap in enumerate(taps(pad_input(wide, geom), geom)):
         tap = tap.reshape(*tap.shape[:3], groups, per_group)
         for ci in range(per_group):
             term = tap[..., ci : ci + 1] * rows[t, ci]
@@ -190,11 +215,12 @@ def conv2d_cpu(x: jax.Array, kernel: jax.Array, bias: jax.Array | None, geom: Ge
         return _epilogue(_tapwise(x, kernel, geom), bias, activation).astype(out_dtype)
     matrix = kernel.reshape(-1, o)
 
-    def forward(xs):
-        y = _epilogue(_matmul(_patches(xs, geom), matrix), bias, activation).astype(out_dtype)
-        return y.reshape(xs.shape[0], *geom.out_hw, o)
+    def forward(bits):
+        y = _matmul(_patches(bits, geom, x.dtype), matrix)
+        y = _epilogue(y, bias, activation).astype(out_dtype)
+        return y.reshape(bits.shape[0], *geom.out_hw, o)
 
-    return map_batch(forward, [x], _chunk(x, kernel, geom))
+    return map_batch(forward, [as_bits(x)], _chunk(x, kernel, geom))
 
 
 def _conv2d_cpu_fwd(x, kernel, bias, geom, out_dtype, activation):
@@ -206,18 +232,22 @@ def _conv2d_cpu_bwd(geom, out_dtype, activation, residuals, dy):
     x, kernel, bias, y = residuals
     kh, kw, c, o = kernel.shape
     matrix = kernel.reshape(-1, o)
+    # A 16-bit product with a transposed operand would run in float32 (``_transposed``).
+    matrix_t = _transposed(matrix) if is_half(matrix.dtype) else matrix.T
     chunk = _chunk(x, kernel, geom)
-    # The products take operands of the inputs' dtype (bfloat16 stays bfloat16).
+    # The products take operands of the inputs' dtype (bfloat16 stays bfloat16); the loops
+    # move 16-bit values as their bits (``window.as_bits``).
     dy = dy.astype(x.dtype)
-    outputs = [dy] if y is None else [dy, y]
+    outputs = [as_bits(dy)] if y is None else [as_bits(dy), as_bits(y)]
 
     def pre_activation(dys, ys=None):
-        """The gradient before the activation, one row per output position."""
-        dz = dys if ys is None else jnp.where(ys > 0, dys, jnp.zeros((), dys.dtype))
+        """The gradient before the activation (bits), one row per output position."""
+        dz = dys if ys is None else jnp.where(positive_bits(ys, y.dtype), dys,
+                                              jnp.zeros((), dys.dtype))
         return dz.reshape(-1, o)
 
     def input_grad(*dys_ys):
-        shares = _matmul(pre_activation(*dys_ys), matrix.T)
+        shares = _matmul(from_bits(pre_activation(*dys_ys), x.dtype), matrix_t)
         shares = shares.reshape(dys_ys[0].shape[0], *geom.out_hw, kh * kw, c)
         return untaps([shares[..., t, :] for t in range(kh * kw)], geom).astype(x.dtype)
 
@@ -229,14 +259,15 @@ def _conv2d_cpu_bwd(geom, out_dtype, activation, residuals, dy):
     wide = c > TAPWISE_CHANNELS
 
     def kernel_and_bias_grad(xs, *dys_ys):
-        dz = pre_activation(*dys_ys)
+        dz_bits = pre_activation(*dys_ys)
+        dz = from_bits(dz_bits, x.dtype)
         db = None if bias is None else jnp.sum(dz, 0, dtype=accumulator(dz.dtype))
         if wide:
-            return _matmul(lax.optimization_barrier(dz.T), _patches(xs, geom)), db
-        return _matmul(_patches(xs, geom).T, dz), db
+            return _matmul(_transposed(dz), _patches(xs, geom, x.dtype)), db
+        return _matmul(_patches(xs, geom, x.dtype).T, dz), db
 
     dx = map_batch(input_grad, outputs, chunk)
-    dk, db = sum_batch(kernel_and_bias_grad, [x, *outputs], chunk)
+    dk, db = sum_batch(kernel_and_bias_grad, [as_bits(x), *outputs], chunk)
     dk = (dk.T if wide else dk).reshape(kernel.shape).astype(kernel.dtype)
     return dx, dk, (None if bias is None else db.astype(bias.dtype))
 
