@@ -12,7 +12,8 @@ Other processes may share the cores, so the contenders alternate within every
 repetition and the table gives medians; ratios are taken repetition by
 repetition before the median.
 
-    python experiments/conv_bench.py [--reps 7] [--calls 5] [--only ops|steps|precision|compile]
+    python experiments/conv_bench.py [--reps 7] [--calls 5]
+        [--only ops|steps|precision|compile|bfloat16]
         [--clock wall|cpu] [--baseline OLD/fnlearn/nn/cpu_conv.py]
 
 ``--clock cpu`` times process CPU seconds (both threads) instead of wall time: on a
@@ -25,7 +26,8 @@ convolution comes from another ``cpu_conv.py`` (for instance an older commit's, 
 (output, input gradient, kernel gradient) against float32 on the same values,
 next to ``lax`` in bfloat16 with float32 accumulation. ``--only compile`` prints the
 CPU seconds that XLA takes to compile ``fnlearn.train_step`` for both models
-(``fnlearn.models``), persistent cache off.
+(``fnlearn.models``), persistent cache off. ``--only bfloat16`` times fnlearn's own
+convolutions and pools with float32 and with bfloat16 inputs, side by side.
 """
 
 from __future__ import annotations
@@ -138,11 +140,11 @@ def jax_call(fn, *args):
     return lambda: jax.block_until_ready(compiled(*args))
 
 
-def conv_ops(batch, in_shape, k_shape, ops):
+def conv_ops(batch, in_shape, k_shape, ops, dtype=jnp.float32):
     key_x, key_k, key_g = jax.random.split(jax.random.key(0), 3)
-    x = jax.random.normal(key_x, (batch, *in_shape))
-    k = jax.random.normal(key_k, k_shape) * 0.1
-    g = jax.random.normal(key_g, ops["conv"](x, k).shape)
+    x = jax.random.normal(key_x, (batch, *in_shape)).astype(dtype)
+    k = (jax.random.normal(key_k, k_shape) * 0.1).astype(dtype)
+    g = jax.random.normal(key_g, ops["conv"](x, k).shape).astype(dtype)
     conv = ops["conv"]
     return {
         "forward": jax_call(conv, x, k),
@@ -151,10 +153,10 @@ def conv_ops(batch, in_shape, k_shape, ops):
     }
 
 
-def pool_ops(batch, in_shape, ops):
-    x = jax.random.normal(jax.random.key(0), (batch, *in_shape))
+def pool_ops(batch, in_shape, ops, dtype=jnp.float32):
+    x = jax.random.normal(jax.random.key(0), (batch, *in_shape)).astype(dtype)
     pool = ops["pool"]
-    g = jax.random.normal(jax.random.key(1), pool(x).shape)
+    g = jax.random.normal(jax.random.key(1), pool(x).shape).astype(dtype)
     return {"forward": jax_call(pool, x),
             "grad": jax_call(lambda x, g: jax.vjp(pool, x)[1](g)[0], x, g)}
 
@@ -319,11 +321,30 @@ def precision_row(n, h, w, c, o, k, strides, padding, dilation, groups) -> list[
     return cells
 
 
+def bfloat16_table(reps: int, calls: int, clock: Callable[[], float]) -> None:
+    """fnlearn's convolutions and pools in float32 and in bfloat16: ms and the speed-up."""
+    print("| op (ms, median) | float32 | bfloat16 | float32 time / bfloat16 time |\n"
+          "| --- | --- | --- | --- |")
+    cases = ([(f"{label} {{}} (batch {batch})", lambda dt, b=batch, i=i, k=k:
+               conv_ops(b, i, k, FAST, dt)) for label, batch, i, k in CONVS]
+             + [(f"{label} max {{}} (batch {batch})", lambda dt, b=batch, i=i:
+                 pool_ops(b, i, FAST, dt)) for label, batch, i in POOLS])
+    for label, make in cases:
+        per = {"float32": make(jnp.float32), "bfloat16": make(jnp.bfloat16)}
+        for op in per["float32"]:
+            times = race({n: per[n][op] for n in per}, reps, calls, clock)
+            med = {n: statistics.median(t) for n, t in times.items()}
+            speedup = statistics.median(a / b for a, b in zip(times["float32"],
+                                                              times["bfloat16"]))
+            print(f"| {label.format(op)} | {med['float32'] * 1e3:.1f} | "
+                  f"{med['bfloat16'] * 1e3:.1f} | {speedup:.2f}x |", flush=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--reps", type=int, default=7, help="alternating repetitions")
     parser.add_argument("--calls", type=int, default=5, help="calls timed per repetition")
-    parser.add_argument("--only", choices=["ops", "steps", "precision", "compile"],
+    parser.add_argument("--only", choices=["ops", "steps", "precision", "compile", "bfloat16"],
                         help="run one table only")
     parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                         help="time wall seconds or process CPU seconds")
@@ -333,6 +354,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.only == "compile":
         os.environ["FNLEARN_COMPILATION_CACHE"] = "0"
         compile_seconds()
+        return
+    if args.only == "bfloat16":
+        bfloat16_table(args.reps, args.calls, clock)
         return
     if args.only == "precision":
         print("| bfloat16 path | fnlearn: output / dx / dkernel error | "
