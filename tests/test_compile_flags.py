@@ -8,12 +8,15 @@ on the convnet after two epochs).
 """
 
 import os
+import pathlib
 import subprocess
 import sys
 
 import numpy as np
 import pytest
-from conftest import OPT_FLAG, ROOT
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+OPT_FLAG = "--xla_backend_optimization_level=1"  # what tests/conftest.py sets
 
 TRAIN = """
 import sys
