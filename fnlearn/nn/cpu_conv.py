@@ -54,6 +54,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from fnlearn.nn.precision import is_half
 from fnlearn.nn.window import (
     Geometry,
     Padding,
@@ -61,7 +62,6 @@ from fnlearn.nn.window import (
     as_bits,
     from_bits,
     geometry,
-    is_half,
     pad_input,
     positive_bits,
     taps,

@@ -18,8 +18,7 @@ average pool's, and the max-pool gradient's additions where windows overlap)
 runs in float32 (``window.accumulator``) and is rounded once. The maximum needs
 no widening: it is exact in any dtype. For 16-bit inputs it is taken, and the
 gradient's comparisons made, in float32 anyway (exact): XLA's CPU backend would
-otherwise put a float32 round trip around every comparison (the Net's pool
-gradient ran 12x slower in bfloat16 than in float32).
+otherwise put a float32 round trip around every comparison.
 """
 
 from __future__ import annotations
@@ -32,12 +31,12 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from fnlearn.nn.precision import is_half
 from fnlearn.nn.window import (
     Geometry,
     Padding,
     accumulator,
     geometry,
-    is_half,
     pad_input,
     taps,
     untaps,
