@@ -8,7 +8,6 @@ compilation or a silent wrong answer. ``docs/errors.md`` lists every message.
 from __future__ import annotations
 
 import warnings
-from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -17,6 +16,7 @@ import optax
 
 from fnlearn import losses as losses_lib
 from fnlearn import optim
+from fnlearn.compiler import program
 from fnlearn.nn.core import Layer, apply, init_with_state
 from fnlearn.state import TrainState
 
@@ -58,7 +58,7 @@ def as_host_array(name: str, value) -> np.ndarray:
     return array
 
 
-@jax.jit
+@program
 def _all_finite(x):
     return jnp.all(jnp.isfinite(x))
 
@@ -327,7 +327,7 @@ def check_model_input(model: Layer, params, model_state, x, loss_fn=None, y=None
     return out
 
 
-@partial(jax.jit, static_argnames="model")
+@program(static_argnames="model")
 def _outputs(params, model_state, x, *, model):
     return apply(model, params, x, state=model_state)[0]
 

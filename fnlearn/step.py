@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from functools import partial
 from typing import Any
 
 import jax
@@ -35,6 +34,7 @@ import numpy as np
 import optax
 
 from fnlearn import cache, checks, optim
+from fnlearn.compiler import program
 from fnlearn.nn.core import Layer, as_key, init_with_state
 from fnlearn.objectives import Supervised, supervised
 from fnlearn.sharding import Layout
@@ -116,7 +116,7 @@ def _thawed_shape(frozen):
     return value
 
 
-@partial(jax.jit, static_argnames=("model", "optimizer", "input_shape"))
+@program(static_argnames=("model", "optimizer", "input_shape"))
 def _init_state(seed, params, model_state, *, model, optimizer, input_shape):
     # One compiled program instead of a dispatch (and a small compilation) per
     # random draw and optimizer buffer. ``seed``: an int32 scalar or raw key data.

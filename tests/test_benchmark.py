@@ -213,3 +213,13 @@ def test_generative_run_rates_the_epochs_after_the_first(tmp_path, monkeypatch):
     assert seen["command"][seen["command"].index("--train-size") + 1] == "1024"
     with pytest.raises(SystemExit):
         benchmark_generative.parse_args(["--epochs", "1"])
+
+
+def test_compile_bench_runs_both_levels_and_they_train_to_the_same_bits(capsys):
+    import compile_bench
+    runs = compile_bench.main(["--reps", "1", "--recipes", "mlp", "--train-size", "256",
+                               "--data-dir", ""])
+    default, o1 = runs["mlp -O3 (XLA default)"][0], runs["mlp -O1 (fnlearn)"][0]
+    assert default["train"] > 0.05 and o1["train"] > 0.05  # it did compile, cache off
+    assert default["loss"] == o1["loss"]  # every digit of repr(float32): the same bits
+    assert "| mlp | -O1 (fnlearn) |" in capsys.readouterr().out

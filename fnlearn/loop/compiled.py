@@ -1,8 +1,9 @@
 """Every program ``fit``, ``evaluate`` and ``predict`` compile, in one place.
 
-Each is a ``jax.jit`` of a pure function over the pieces in ``fnlearn.step``; the
-step (``fnlearn.objectives``), batch size, shuffle flag and batch sharding are static,
-so equal configurations share one compilation (``fnlearn.count_compilations`` counts
+Each is a ``jax.jit`` of a pure function over the pieces in ``fnlearn.step``,
+compiled with ``fnlearn.compiler``'s options (LLVM at -O1 on CPU); the step
+(``fnlearn.objectives``), batch size, shuffle flag and batch sharding are static, so
+equal configurations share one compilation (``fnlearn.count_compilations`` counts
 them). The training programs donate the state they are given: its buffers (params,
 optimizer moments) are reused for the state they return, so a state exists once.
 
@@ -18,12 +19,12 @@ optimizer moments) are reused for the state they return, so a state exists once.
 from __future__ import annotations
 
 import math
-from functools import partial
 
 import jax
 import jax.numpy as jnp
 
 from fnlearn import step as step_lib
+from fnlearn.compiler import program
 from fnlearn.nn.core import apply
 from fnlearn.sharding import Layout
 from fnlearn.state import TrainState
@@ -59,7 +60,7 @@ def evaluation_sums(step, state: TrainState, batches, num_examples, chunk: int,
     return jax.lax.scan(body, zero, (index, mask))[0]
 
 
-@partial(jax.jit, static_argnames=("step", "chunk", "layout"))
+@program(static_argnames=("step", "chunk", "layout"))
 def evaluate(state, batches, num_examples, totals, *, step, chunk, layout=step_lib.NO_LAYOUT):
     """Adds ``step``'s sums over ``batches`` (a multiple of ``chunk`` rows) to ``totals``.
 
@@ -81,7 +82,7 @@ def evaluation_zeros(step, state, batches):
     return jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
 
 
-@partial(jax.jit, static_argnames=("model", "chunk"))
+@program(static_argnames=("model", "chunk"))
 def predict(params, model_state, x, *, model, chunk):
     """Model outputs in inference mode for every row of ``x`` (a multiple of ``chunk`` rows)."""
     padded = jax.tree.leaves(x)[0].shape[0]
@@ -119,11 +120,11 @@ def _train_epochs(state, batches, validation, val_count, num_epochs, *, step, nu
 # Runs ``num_epochs`` (runtime, at most ``EPOCHS_PER_CALL``) epochs in one call; returns
 # ``(state, logs)`` with each logged value stacked by epoch. ``validation`` (padded to a
 # multiple of ``chunk``, ``val_count`` real rows) is evaluated after each epoch.
-train_epochs = jax.jit(_train_epochs, donate_argnums=0, static_argnames=(
+train_epochs = program(_train_epochs, donate_argnums=0, static_argnames=(
     "step", "num_examples", "batch_size", "shuffle", "layout", "chunk"))
 
 
-@partial(jax.jit, static_argnums=(1, 2, 3, 4))
+@program(static_argnums=(1, 2, 3, 4))
 def epoch_index(state, num_examples, batch_size, shuffle, rows):
     """The epoch's batches, padded with empty ones to a whole number of ``rows``-row calls."""
     index, mask = step_lib.epoch_batches(state, num_examples, batch_size, shuffle)
@@ -131,7 +132,7 @@ def epoch_index(state, num_examples, batch_size, shuffle, rows):
     return jnp.pad(index, pad), jnp.pad(mask, pad)
 
 
-@partial(jax.jit, donate_argnums=(0, 1, 2), static_argnames=("step", "rows", "layout"))
+@program(donate_argnums=(0, 1, 2), static_argnames=("step", "rows", "layout"))
 def train_rows(state, sums, stopped, batches, index, mask, begin, last, *, step, rows,
                layout):
     """Runs the ``rows`` batches ``index[begin:begin + rows]``, adding to the epoch's ``sums``.

@@ -23,9 +23,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import jax
 import numpy as np
 
+from fnlearn.compiler import program
 from fnlearn.export import ExportError, load_exported
 from fnlearn.serve.batching import DynamicBatcher, Rows
 from fnlearn.serve.config import ModelSpec
@@ -75,7 +75,7 @@ def load_version(name: str, version: int, path: Path,
         outputs = exported.call(pack(signature.input_structure, signature.input_names, arrays))
         return unpack(signature.output_structure, signature.output_names, outputs)
 
-    compiled = jax.jit(flat)
+    compiled = program(flat)
 
     def call(x: Rows) -> Rows:
         outputs = [np.asarray(y) for y in compiled(*(x if isinstance(x, tuple) else (x,)))]
