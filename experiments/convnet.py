@@ -14,7 +14,7 @@ Images stay uint8 on the device, shaped (N, 28, 28, 1); each model's first layer
 scale them as the reference program's preprocessing does (``fnlearn.models``).
 
     python experiments/convnet.py --recipe keras|torch [--epochs N] [--train-size N]
-                                  [--policy float32|mixed_bfloat16]
+                                  [--policy float32|mixed_bfloat16|mixed_float16]
 """
 
 from __future__ import annotations
@@ -47,8 +47,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--dataset", choices=("mnist", "fashion_mnist"), default="mnist")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--policy", choices=sorted(fl.nn.policy.POLICIES), default="float32",
-                        help="precision policy: mixed_bfloat16 computes in bfloat16, weights "
-                             "float32 (default: %(default)s)")
+                        help="precision policy: mixed_bfloat16 computes in bfloat16, "
+                             "mixed_float16 in float16 with loss scaling; weights float32 "
+                             "(default: %(default)s)")
     parser.add_argument("--verbose", type=int, choices=(0, 1, 2), default=2,
                         help="0 silent, 1 progress bar, 2 one line per epoch (default)")
     parser.add_argument("--out", type=pathlib.Path, default=None,

@@ -7,7 +7,7 @@ first layer divides by 255 exactly as the article's ``images / 255.0``.
 
     python experiments/mnist.py [--dataset mnist|fashion_mnist] [--data-dir DIR] [--epochs 5]
                                 [--out out/mnist] [--logdir logs/mnist]
-                                [--policy float32|mixed_bfloat16]
+                                [--policy float32|mixed_bfloat16|mixed_float16]
 
 ``--dataset fashion_mnist`` trains the same model on Fashion-MNIST, as swapping
 ``keras.datasets.mnist`` for ``keras.datasets.fashion_mnist`` does in Keras.
@@ -46,8 +46,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "in the same format) without the digest check")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--policy", choices=sorted(fl.nn.policy.POLICIES), default="float32",
-                        help="precision policy: mixed_bfloat16 computes in bfloat16, weights "
-                             "float32 (default: %(default)s)")
+                        help="precision policy: mixed_bfloat16 computes in bfloat16, "
+                             "mixed_float16 in float16 with loss scaling; weights float32 "
+                             "(default: %(default)s)")
     parser.add_argument("--verbose", type=int, choices=(0, 1, 2), default=2,
                         help="0 silent, 1 progress bar, 2 one line per epoch (default)")
     parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path("out/mnist"),

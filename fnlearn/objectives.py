@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, NamedTuple
 
 import jax
@@ -26,6 +27,7 @@ import jax.numpy as jnp
 import optax
 
 from fnlearn import losses as losses_lib
+from fnlearn import optim
 from fnlearn.nn.core import Layer, apply
 from fnlearn.nn.precision import float32_outputs
 from fnlearn.state import TrainState
@@ -91,9 +93,16 @@ class Supervised:
                 _pick(y, output), _pick(preds, output), weights)
         return total / jnp.maximum(count, 1.0), (new_state, sums)
 
+    def _scaled(self, scale, *args):
+        # The loss times ``scale`` (float16 loss scaling, ``optim.loss_scale``) is what is
+        # differentiated; the loss itself travels in the aux for the finiteness check.
+        loss, aux = self._sums(*args)
+        return (loss if scale is None else loss * scale), (loss, aux)
+
     def train(self, state: TrainState, batch, mask, key):
-        grad_fn = jax.value_and_grad(self._sums, has_aux=True)
-        (loss, (model_state, sums)), grads = grad_fn(state.params, state.model_state, batch,
+        scale = optim.loss_scale_of(state.opt_state)
+        grad_fn = jax.grad(partial(self._scaled, scale), has_aux=True)
+        grads, (loss, (model_state, sums)) = grad_fn(state.params, state.model_state, batch,
                                                      mask, key, True)
         extra = ({"epoch": state.epoch}
                  if isinstance(self.optimizer, optax.GradientTransformationExtraArgs) else {})

@@ -29,13 +29,17 @@ an ``optax.GradientTransformationExtraArgs`` that reads the ``epoch`` keyword,
 which fnlearn's training step passes (``state.epoch``), so no one has to turn
 epochs into steps. Its state keeps the learning rate it last used, which ``fit``
 logs as ``learning_rate``.
+
+``loss_scale(optimizer)`` is Keras's ``LossScaleOptimizer`` for float16 training
+(``policy="mixed_float16"``, where ``fit`` adds it): dynamic loss scaling, a step with
+non-finite gradients skipped.
 """
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -252,3 +256,83 @@ def get_optimizer(name: str) -> optax.GradientTransformation:
 @functools.cache
 def _built(name: str) -> optax.GradientTransformation:
     return OPTIMIZERS[name]()
+
+
+class LossScaleState(NamedTuple):
+    """``loss_scale``'s state: the current scale, the finite steps since it last changed,
+    and the wrapped optimizer's state."""
+
+    scale: jax.Array
+    good_steps: jax.Array
+    inner: Any
+
+
+@functools.cache
+def loss_scale(optimizer: optax.GradientTransformation, initial_scale: float = 2.0 ** 15,
+               growth_interval: int = 2000, factor: float = 2.0,
+               min_scale: float = 1.0) -> optax.GradientTransformationExtraArgs:
+    """Dynamic loss scaling for float16 training: Keras's ``LossScaleOptimizer``.
+
+    float16 keeps 5 exponent bits: gradients below about 6e-8 become zero in its
+    backward pass. The training step multiplies the loss by ``scale`` (read from this
+    optimizer's state, ``loss_scale_of``) before differentiating, so the gradients flow
+    through the float16 layers ``scale`` times larger; this transformation divides them
+    back before ``optimizer`` sees them. When a gradient is not finite (the scale was too
+    large) the step is skipped: zero updates, ``optimizer``'s state kept, the scale
+    divided by ``factor``. After ``growth_interval`` finite steps in a row the scale is
+    multiplied by ``factor``. ``fit(..., policy="mixed_float16")`` wraps its optimizer in
+    this unless it is wrapped already.
+
+    Args:
+      optimizer: the optimizer to wrap (its ``epoch`` keyword, if any, is passed on).
+      initial_scale: the first scale (Keras: 2**15).
+      growth_interval: finite steps before the scale grows (Keras: 2000).
+      factor: what the scale is multiplied or divided by.
+      min_scale: the scale never goes below this.
+
+    Returns:
+      An Optax transformation whose state is a ``LossScaleState``. Equal arguments give
+      the same object (one compilation).
+    """
+    if not (initial_scale >= min_scale > 0 and factor > 1):
+        raise ValueError(f"loss_scale needs initial_scale >= min_scale > 0 and factor > 1, "
+                         f"got initial_scale={initial_scale!r}, min_scale={min_scale!r}, "
+                         f"factor={factor!r}")
+    if isinstance(growth_interval, bool) or not isinstance(growth_interval, int) \
+            or growth_interval < 1:
+        raise ValueError(f"loss_scale growth_interval must be a positive int, got "
+                         f"{growth_interval!r}")
+    inner = optax.with_extra_args_support(optimizer)
+
+    def init_fn(params):
+        return LossScaleState(jnp.float32(initial_scale), jnp.int32(0), inner.init(params))
+
+    def update_fn(grads, state, params=None, **extra_args):
+        grads = jax.tree.map(lambda g: (g / state.scale).astype(g.dtype), grads)
+        finite = jnp.all(jnp.array([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]
+                                   or [True]))
+        updates, new_inner = inner.update(grads, state.inner, params, **extra_args)
+        updates = jax.tree.map(lambda u: jnp.where(finite, u, jnp.zeros_like(u)), updates)
+        new_inner = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_inner,
+                                 state.inner)
+        good = jnp.where(finite, state.good_steps + 1, 0)
+        grow = good >= growth_interval
+        scale = jnp.where(finite, jnp.where(grow, state.scale * factor, state.scale),
+                          jnp.maximum(state.scale / factor, min_scale))
+        return updates, LossScaleState(scale.astype(jnp.float32), jnp.where(grow, 0, good),
+                                       new_inner)
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def loss_scale_of(opt_state) -> jax.Array | None:
+    """The loss scale in ``opt_state`` (a ``loss_scale`` optimizer's state), or None."""
+    return opt_state.scale if isinstance(opt_state, LossScaleState) else None
+
+
+def is_loss_scaled(optimizer) -> bool:
+    """Whether ``optimizer`` is a ``loss_scale`` wrapper (its state says so)."""
+    try:
+        return isinstance(jax.eval_shape(optimizer.init, {}), LossScaleState)
+    except Exception:  # noqa: BLE001 - an optimizer that cannot init empty params is not one
+        return False

@@ -25,7 +25,7 @@ from fnlearn.loop.hooks import Callback, Hooks
 from fnlearn.loop.progress import Progress
 from fnlearn.loop.stream import StreamFeed, probe
 from fnlearn.nn.core import Layer
-from fnlearn.nn.policy import Policy, with_policy
+from fnlearn.nn.policy import Policy, policy_of, with_policy
 from fnlearn.objectives import Custom, Supervised, supervised
 from fnlearn.state import History, TrainState
 
@@ -96,7 +96,8 @@ def fit(model: Layer | None, x, y=None, *, loss: str | Callable | dict | None = 
       eval_step: with ``step``, ``eval_step(state, batch) -> metrics`` for validation.
       policy: a precision policy for the model (``"mixed_bfloat16"``: layers compute in
         bfloat16, parameters and optimizer state stay float32; ``fnlearn.nn.with_policy``);
-        None trains the model as it is.
+        None trains the model as it is. Under ``"mixed_float16"`` (here or on the model)
+        the optimizer is wrapped in ``fnlearn.optim.loss_scale`` unless it already is.
 
     Returns:
       ``(state, history)``: the final ``TrainState`` and a ``History``.
@@ -110,6 +111,8 @@ def fit(model: Layer | None, x, y=None, *, loss: str | Callable | dict | None = 
     hooks = Hooks(callbacks)
     if step is None or optimizer is not None:
         optimizer = checks.resolve_optimizer(optimizer)
+    if step is None and model is not None:
+        optimizer = _loss_scaled(model, optimizer)
     streamed = y is None and is_source(x)
     if streamed:
         stream = sources.stream(x)
@@ -192,6 +195,14 @@ def _with_policy(model: Layer | None, policy) -> Layer | None:
         raise ValueError("policy= needs a model; a custom step without one computes in the "
                          "dtypes it chooses")
     return with_policy(model, policy)
+
+
+def _loss_scaled(model: Layer, optimizer):
+    """``optimizer`` wrapped in ``optim.loss_scale`` for a float16 policy (Keras's compile)."""
+    policy = policy_of(model)
+    if policy is None or not policy.needs_loss_scale or optim.is_loss_scaled(optimizer):
+        return optimizer
+    return optim.loss_scale(optimizer)
 
 
 def _eval_size(n: int, batch_size) -> tuple[int, int]:

@@ -16,6 +16,12 @@ created as before (``param_dtype``, float32), so the initial parameters are the 
 bits as the float32 model's, and the optimizer updates float32 master weights. The
 model's outputs come back in float32, so losses, metrics and ``predict`` read float32.
 
+``"mixed_float16"`` is the same with float16, Keras's policy for GPUs: float16's 5
+exponent bits lose small gradients, so it trains with loss scaling
+(``fnlearn.optim.loss_scale``, Keras's ``LossScaleOptimizer``), which ``fit`` adds to
+the optimizer as Keras's ``compile`` does. On CPU, XLA computes float16 products through
+float32: it is there for parity and for accelerators, not for speed here.
+
 Layers that record no constructor (a ``Layer(init, apply, ...)`` of your own,
 ``from_flax``) are kept as they are: they compute in what their inputs and parameters
 promote to (float32 for float32 parameters).
@@ -38,7 +44,7 @@ class Policy:
     """A precision policy (Keras's ``mixed_precision.Policy``).
 
     Attributes:
-      name: ``"float32"`` or ``"mixed_bfloat16"``.
+      name: ``"float32"``, ``"mixed_bfloat16"`` or ``"mixed_float16"``.
       compute_dtype: what layers compute in.
       variable_dtype: what parameters and optimizer state are kept in.
     """
@@ -47,10 +53,16 @@ class Policy:
     compute_dtype: np.dtype
     variable_dtype: np.dtype = np.dtype(np.float32)
 
+    @property
+    def needs_loss_scale(self) -> bool:
+        """float16's range is too small for gradients without loss scaling (bfloat16's is not)."""
+        return self.compute_dtype == np.float16
+
 
 POLICIES = {
     "float32": Policy("float32", np.dtype(np.float32)),
     "mixed_bfloat16": Policy("mixed_bfloat16", np.dtype(jnp.bfloat16)),
+    "mixed_float16": Policy("mixed_float16", np.dtype(np.float16)),
 }
 
 
@@ -58,9 +70,6 @@ def as_policy(policy: str | Policy) -> Policy:
     """``policy`` (a name in ``POLICIES`` or a ``Policy``) as a ``Policy``, or a clear error."""
     if isinstance(policy, Policy):
         return policy
-    if policy == "mixed_float16":
-        raise ValueError("policy 'mixed_float16' needs loss scaling, which fnlearn does not "
-                         "do yet; use 'mixed_bfloat16' (bfloat16 has float32's range)")
     if not isinstance(policy, str) or policy not in POLICIES:
         raise ValueError(f"policy must be one of {sorted(POLICIES)} or a Policy, got "
                          f"{policy!r}")
@@ -97,12 +106,13 @@ def _set_dtype(model: Layer, dtype: np.dtype) -> Layer:
 
 
 def with_policy(model: Layer, policy: str | Policy) -> Layer:
-    """``model`` computing under ``policy`` (``"mixed_bfloat16"``), variables float32.
+    """``model`` computing under ``policy`` (``"mixed_bfloat16"``, ...), variables float32.
 
     Args:
       model: any fnlearn model; one that already has a policy gets this one instead.
-      policy: ``"float32"`` (the model as it was built), ``"mixed_bfloat16"``, or a
-        ``Policy``.
+      policy: ``"float32"`` (the model as it was built), ``"mixed_bfloat16"``,
+        ``"mixed_float16"`` (train it with ``fnlearn.optim.loss_scale``, which ``fit``
+        adds), or a ``Policy``.
 
     Returns:
       The model rebuilt with the policy's compute dtype on every layer that left its
