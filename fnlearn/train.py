@@ -199,7 +199,8 @@ def _with_policy(model: Layer | None, policy) -> Layer | None:
 
 def _loss_scaled(model: Layer, optimizer):
     """``optimizer`` wrapped in ``optim.loss_scale`` for a float16 policy (Keras's compile)."""
-    policy = policy_of(model)
+    # Not a Layer (a Flax module, say): left for the model check to name.
+    policy = policy_of(model) if isinstance(model, Layer) else None
     if policy is None or not policy.needs_loss_scale or optim.is_loss_scaled(optimizer):
         return optimizer
     return optim.loss_scale(optimizer)
