@@ -262,8 +262,7 @@ class Custom:
                              f"returned: {jax.tree.structure(new_state)}")
         metrics = self._checked(metrics, where)
         new_state = new_state._replace(step=state.step + 1, epoch=state.epoch, key=state.key)
-        finite = jnp.all(jnp.array([jnp.all(jnp.isfinite(v)) for v in metrics.values()]
-                                   or [True]))
+        finite = optim.all_finite(metrics)
         return new_state, self._weighted(metrics, mask), finite
 
     def evaluate(self, state: TrainState, batch, mask):

@@ -309,8 +309,7 @@ def loss_scale(optimizer: optax.GradientTransformation, initial_scale: float = 2
 
     def update_fn(grads, state, params=None, **extra_args):
         grads = jax.tree.map(lambda g: (g / state.scale).astype(g.dtype), grads)
-        finite = jnp.all(jnp.array([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]
-                                   or [True]))
+        finite = all_finite(grads)
         updates, new_inner = inner.update(grads, state.inner, params, **extra_args)
         updates = jax.tree.map(lambda u: jnp.where(finite, u, jnp.zeros_like(u)), updates)
         new_inner = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_inner,
@@ -323,6 +322,12 @@ def loss_scale(optimizer: optax.GradientTransformation, initial_scale: float = 2
                                        new_inner)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def all_finite(tree) -> jax.Array:
+    """Whether every value of every array in ``tree`` is finite (True for an empty tree)."""
+    return jnp.all(jnp.array([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree)]
+                             or [True]))
 
 
 def loss_scale_of(opt_state) -> jax.Array | None:

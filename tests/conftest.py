@@ -14,7 +14,7 @@ import pathlib
 import tempfile
 
 # The suite compiles thousands of small XLA programs; LLVM at -O1 instead of XLA's
-# default -O3 compiles them faster with the same bits (fnlearn's own programs use -O1
+# default -O3 compiles them faster with the same float32 bits (fnlearn's programs use -O1
 # anyway; tests/test_compile_flags.py holds the bits to it). Set before JAX starts its
 # backend; test subprocesses inherit it.
 OPT_FLAG = "--xla_backend_optimization_level=1"

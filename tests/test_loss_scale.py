@@ -30,10 +30,11 @@ def test_finite_steps_apply_the_unscaled_gradient_and_grow_the_scale_on_schedule
     assert state.scale == 8.0 and state.good_steps == 0
     scales = []
     for _ in range(7):
+        before = float(state.scale)
         updates, state = scaled.update(grads_of(16.0), state, params)
-        # The gradient of the scaled loss, 16, is 2 unscaled: sgd(0.5) moves by -1.
-        np.testing.assert_array_equal(updates["w"], -np.ones(3) * 16.0 / 8.0 * 0.5
-                                      if not scales else updates["w"])
+        # The gradient of the scaled loss, 16, unscaled by the scale it was taken at
+        # (16 / 8 = 2 at first): sgd(0.5) moves by -0.5 times that.
+        np.testing.assert_array_equal(updates["w"], np.full(3, -0.5 * 16.0 / before))
         scales.append(float(state.scale))
     assert scales == [8.0, 8.0, 16.0, 16.0, 16.0, 32.0, 32.0]
     assert int(state.good_steps) == 1
